@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from .errors import UsageError
+from .resources import bundled_path
 
-DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
+DEFAULT_RECIPE = bundled_path("recipes/demo.yaml")
 
 
 def _step(title: str) -> None:

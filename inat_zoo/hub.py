@@ -1,0 +1,300 @@
+"""Publish a run directory to the Hugging Face Hub.
+
+The Hub folder is what timm reads back with ``timm.create_model("hf-hub:USER/NAME", pretrained=True)``: the run's
+``model/`` (already in timm's ``save_for_hf`` layout) plus a model card, the recipe, the metrics and the pictures.
+``build_hub_folder`` writes it locally (``inat-zoo push --dry-run DIR``); ``push`` builds it in a temporary folder
+and uploads it in one commit. The token is checked before anything touches the network and is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import HfApi, get_token
+
+from .atomic import atomic_directory, atomic_write_text
+from .errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+IMAGES_DIR = "images"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_REQUIRED_CONFIG_KEYS = ("architecture", "num_classes", "pretrained_cfg")
+_REQUIRED_DATA_KEYS = ("input_size", "mean", "std")
+
+
+@dataclass
+class RunFiles:
+    """What a run directory holds, read and checked once (layout: see the recipe contract)."""
+
+    run_dir: Path
+    model_dir: Path
+    config: dict[str, Any]
+    recipe: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    eval_metrics: dict[str, Any] | None = None
+    eval_images: list[Path] = field(default_factory=list)
+    explain_images: list[Path] = field(default_factory=list)
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.config["label_names"])
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from e
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        logger.warning("%s is missing: the card will have no training curves", path)
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path}:{number}: not a JSON line ({e.msg})") from e
+    return records
+
+
+def check_model_dir(model_dir: Path) -> dict[str, Any]:
+    """Check that ``model_dir`` is a complete timm ``save_for_hf`` folder and that timm can rebuild it.
+
+    Returns its config.json. Loading the weights strictly here means a broken export fails before anything is
+    uploaded, not when a user first tries the published model.
+    """
+    import timm
+
+    from . import models  # noqa: F401  (registers the inat_* architectures before create_model)
+
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise UsageError(f"{model_dir} has no config.json — not a timm save_for_hf folder")
+    if not (model_dir / WEIGHTS_NAME).is_file():
+        raise UsageError(f"{model_dir} has no {WEIGHTS_NAME} (only safetensors weights are published)")
+    config = _read_json(config_path)
+    missing = [key for key in _REQUIRED_CONFIG_KEYS if key not in config]
+    missing += [f"pretrained_cfg.{k}" for k in _REQUIRED_DATA_KEYS if k not in config.get("pretrained_cfg", {})]
+    if missing:
+        raise UsageError(f"{config_path} lacks {', '.join(missing)} — re-export it with timm.models.save_for_hf")
+    labels = config.get("label_names")
+    if not labels or len(labels) != config["num_classes"]:
+        raise UsageError(
+            f"{config_path}: label_names must list the {config['num_classes']} class names "
+            f"(found {0 if not labels else len(labels)})"
+        )
+    try:
+        model = timm.create_model(f"local-dir:{model_dir}", pretrained=True)
+    except Exception as e:  # any failure here means the export is unusable; --debug shows the traceback
+        raise UsageError(f"timm cannot load {model_dir}: {type(e).__name__}: {e}") from e
+    if model.num_classes != config["num_classes"]:
+        raise UsageError(
+            f"{model_dir}: model has {model.num_classes} outputs, config.json says {config['num_classes']}"
+        )
+    return config
+
+
+def read_run(run_dir: str | Path) -> RunFiles:
+    """Read and check a run directory; every missing piece is a :class:`UsageError` naming it."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} does not exist")
+    model_dir = run_dir / "model"
+    if not model_dir.is_dir():
+        raise UsageError(f"run {run_dir} has no model/ — train it first")
+    for name in ("recipe.yaml", "metrics.json"):
+        if not (run_dir / name).is_file():
+            raise UsageError(f"run {run_dir} has no {name} — is it a complete inat_zoo run directory?")
+    config = check_model_dir(model_dir)
+    try:
+        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"{run_dir / 'recipe.yaml'} is not valid YAML: {e}") from e
+    metrics = _read_json(run_dir / "metrics.json")
+    eval_path = run_dir / "eval" / "metrics.json"
+    eval_metrics = _read_json(eval_path) if eval_path.is_file() else None
+    if _test_accuracy(metrics, eval_metrics) is None:
+        raise UsageError(f"{run_dir / 'metrics.json'} has no test accuracy — run `inat-zoo evaluate {run_dir}` first")
+    return RunFiles(
+        run_dir=run_dir,
+        model_dir=model_dir,
+        config=config,
+        recipe=recipe,
+        metrics=metrics,
+        history=_read_history(run_dir / "history.jsonl"),
+        eval_metrics=eval_metrics,
+        eval_images=sorted((run_dir / "eval").glob("*.png")),
+        explain_images=sorted((run_dir / "explain").glob("*.png")),
+    )
+
+
+def _test_accuracy(metrics: dict[str, Any], eval_metrics: dict[str, Any] | None) -> float | None:
+    """The published test accuracy: the trainer's, else that of `inat-zoo evaluate` on the test split."""
+    test = metrics.get("test") or {}
+    if test.get("accuracy") is not None:
+        return test["accuracy"]
+    if eval_metrics and eval_metrics.get("split", "test") == "test":
+        return eval_metrics.get("accuracy")
+    return None
+
+
+def check_repo_id(repo_id: str) -> str:
+    if not _REPO_ID.match(repo_id or ""):
+        raise UsageError(f"--repo-id {repo_id!r} must look like USER/NAME (letters, digits, '-', '_', '.')")
+    return repo_id
+
+
+def build_hub_folder(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    repo_id: str,
+    *,
+    license: str = "apache-2.0",
+    overwrite: bool = False,
+) -> Path:
+    """Write the Hub folder of ``run_dir`` to ``out_dir`` atomically and return ``out_dir``.
+
+    ``out_dir`` must not exist (or be an empty folder) unless ``overwrite``: a previous export is not replaced
+    silently.
+    """
+    from .model_card import build_model_card, plot_training_curves
+
+    check_repo_id(repo_id)
+    run = read_run(run_dir)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir} exists and is not a folder")
+    replace = out_dir.exists() and (overwrite or not any(out_dir.iterdir()))
+    if out_dir.exists() and not replace:
+        raise UsageError(f"{out_dir} already exists and is not empty — choose another folder or remove it")
+    with atomic_directory(out_dir, overwrite=replace) as tmp:
+        shutil.copy2(run.model_dir / "config.json", tmp / "config.json")
+        shutil.copy2(run.model_dir / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
+        shutil.copy2(run.run_dir / "recipe.yaml", tmp / "recipe.yaml")
+        shutil.copy2(run.run_dir / "metrics.json", tmp / "metrics.json")
+        if (run.run_dir / "history.jsonl").is_file():
+            shutil.copy2(run.run_dir / "history.jsonl", tmp / "history.jsonl")
+        if run.eval_metrics is not None:
+            shutil.copy2(run.run_dir / "eval" / "metrics.json", tmp / "eval_metrics.json")
+        images: dict[str, list[str]] = {"eval": [], "explain": []}
+        for kind, paths in (("eval", run.eval_images), ("explain", run.explain_images)):
+            for src in paths:
+                rel = f"{IMAGES_DIR}/{kind}/{src.name}"
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, tmp / rel)
+                images[kind].append(rel)
+        curves = None
+        if run.history:
+            curves = f"{IMAGES_DIR}/training_curves.png"
+            (tmp / IMAGES_DIR).mkdir(exist_ok=True)
+            best = run.metrics.get("best_epoch")
+            plot_training_curves(run.history, tmp / curves, best_epoch=best if isinstance(best, int) else None)
+        card = build_model_card(
+            run, repo_id, license=license, eval_images=images["eval"], explain_images=images["explain"], curves=curves
+        )
+        atomic_write_text(tmp / CARD_NAME, str(card))
+    return out_dir
+
+
+def require_token() -> str:
+    """The Hub token (HF_TOKEN or a saved `hf auth login`); a UsageError before any network call when there is none."""
+    token = get_token()
+    if not token:
+        raise UsageError(
+            "no Hugging Face token found: set HF_TOKEN or run `hf auth login` (a token with write access), "
+            "or use --dry-run DIR to only build the folder"
+        )
+    return token
+
+
+def push(
+    run_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    overwrite_card: bool = False,
+    license: str = "apache-2.0",
+) -> str:
+    """Build the Hub folder of ``run_dir`` and upload it to ``repo_id`` in one commit; return the commit URL.
+
+    An existing README.md on the Hub (a card the owner may have edited) is kept unless ``overwrite_card``.
+    """
+    token = require_token()
+    check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory(prefix="inat_zoo_hub_") as tmp:
+        folder = build_hub_folder(run_dir, Path(tmp) / "hub", repo_id, license=license)
+        from . import __version__
+
+        api = HfApi(token=token, library_name="inat_zoo", library_version=__version__)
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+        repo_id = repo_url.repo_id
+        if private and not api.model_info(repo_id).private:
+            raise UsageError(
+                f"{repo_id} already exists and is public; --private does not change an existing repo — "
+                "make it private in its settings first, or push without --private"
+            )
+        if revision and revision != "main" and not revision.startswith("refs/"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        ignore = None
+        if not overwrite_card and api.file_exists(repo_id, CARD_NAME, revision=revision):
+            logger.warning("%s already has a README.md: kept it (pass --overwrite-card to replace it)", repo_id)
+            ignore = [CARD_NAME]
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=commit_message or f"Upload {Path(run_dir).resolve().name} with inat_zoo",
+            revision=revision,
+            ignore_patterns=ignore,
+        )
+    return str(commit.commit_url)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="run directory (with model/, recipe.yaml, metrics.json)")
+    parser.add_argument("--repo-id", required=True, help="Hub repository, USER/NAME")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--revision", help="branch to commit to (created if missing; default: main)")
+    parser.add_argument("--commit-message", help="commit message (default: 'Upload <run> with inat_zoo')")
+    parser.add_argument("--dry-run", metavar="DIR", help="only write the Hub folder to DIR; no network call")
+    parser.add_argument("--overwrite-card", action="store_true", help="replace a README.md already on the Hub")
+    parser.add_argument("--license", default="apache-2.0", help="license id for the card (default: apache-2.0)")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        out = build_hub_folder(args.run, args.dry_run, args.repo_id, license=args.license)
+        files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+        print(f"wrote the Hub folder of {args.run} to {out} ({len(files)} files: {', '.join(files)})")
+        print(f'load it with: timm.create_model("local-dir:{out}", pretrained=True)')
+        return 0
+    url = push(
+        args.run,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        overwrite_card=args.overwrite_card,
+        license=args.license,
+    )
+    print(f"pushed {args.run} to {url}")
+    print(f'load it with: timm.create_model("hf-hub:{args.repo_id}", pretrained=True)')
+    return 0
