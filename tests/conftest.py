@@ -15,6 +15,11 @@ os.environ["WANDB_DIR"] = str(_HOME / "wandb")
 os.environ["MPLBACKEND"] = "Agg"
 os.environ.pop("HF_TOKEN", None)
 
+import torch  # noqa: E402  (after the environment above)
+
+# The models in the tests are tiny: one intra-op thread is faster than two fighting over a shared 2-core machine.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory) -> Path:
