@@ -1,0 +1,332 @@
+"""What a model looks at: first-layer filters and activations, guided backprop of CONV5 neurons, Grad-CAM (Captum).
+
+Works for any timm CNN: the first conv is ``pretrained_cfg["first_conv"]`` and the last conv block ("CONV5") is the
+last ``feature_info`` level (``stages.4`` for FlexibleCNN, ``layer4`` for ResNets). Captum's guided backprop only
+rewrites the backward pass of ``nn.ReLU`` modules; for other activations the result would silently be the plain
+gradient, so that case is detected, warned about and titled as plain gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import textwrap
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .atomic import atomic_directory
+from .errors import UsageError
+from .evaluate import check_out_dir, default_device, default_out_dir, load_eval_data
+from .loading import LoadedModel, load_model
+from .plots import RIGHT, WRONG, denormalize, minmax, new_figure, save_figure, show_image, tile
+
+logger = logging.getLogger(__name__)
+
+EXPLAIN_FOLDER = "explain"
+EXPLAIN_FILES = ("filters.png", "guided_backprop.png", "gradcam.png", "integrated_gradients.png")
+NUM_NEURONS = 10
+MAX_FILTERS = 64
+
+# Activation modules live in these modules; nn.ReLU is the only one Captum's guided backprop rewrites.
+_ACTIVATION_MODULES = ("torch.nn.modules.activation", "timm.layers.activations", "timm.layers.activations_me")
+_NOT_ACTIVATIONS = (nn.MultiheadAttention, nn.Softmax, nn.Softmax2d, nn.LogSoftmax, nn.Softmin)
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The first convolution (timm's ``pretrained_cfg["first_conv"]``, else the first ``nn.Conv2d``)."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    modules = dict(model.named_modules())
+    if isinstance(name, str) and isinstance(modules.get(name), nn.Conv2d):
+        return name, modules[name]
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module
+    raise UsageError(f"{type(model).__name__} has no nn.Conv2d layer to show filters of")
+
+
+def last_conv_block(model: nn.Module) -> str:
+    """Name of the last conv block (CONV5): the deepest ``feature_info`` level, else the last ``nn.Conv2d``."""
+    info = getattr(model, "feature_info", None)
+    if info:
+        name = (info.get_dicts()[-1] if hasattr(info, "get_dicts") else info[-1]).get("module")
+        if name and name in dict(model.named_modules()):
+            return name
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise UsageError(f"{type(model).__name__} has no convolution layer to explain")
+    return convs[-1]
+
+
+def non_relu_activations(model: nn.Module, layer: str) -> list[str]:
+    """Activation modules other than ``nn.ReLU`` up to and inside ``layer`` (registration order = forward order).
+
+    Also reports when that part has no ``nn.ReLU`` at all (activations called functionally are invisible to Captum).
+    """
+    modules = list(model.named_modules())
+    cut = max(i for i, (name, _) in enumerate(modules) if name == layer or name.startswith(layer + "."))
+    found: set[str] = set()
+    relus = 0
+    for _, module in modules[: cut + 1]:
+        if isinstance(module, nn.ReLU):
+            relus += 1
+        elif type(module).__module__ in _ACTIVATION_MODULES and not isinstance(module, _NOT_ACTIVATIONS):
+            found.add(type(module).__name__)
+    if not found and not relus:
+        found.add("no nn.ReLU module")
+    return sorted(found)
+
+
+def top_neurons(layer_output: torch.Tensor, k: int = NUM_NEURONS) -> list[tuple[int, int, int]]:
+    """The ``k`` most activated units ``(channel, y, x)`` of one image's layer output.
+
+    Active units come first, the strongest unit of each channel before a second unit of any channel, so the
+    pictures show as many different channels as the layer offers (dead units only when nothing else is left).
+    """
+    out = layer_output[0] if layer_output.dim() == 4 else layer_output
+    _, h, w = out.shape
+    flat = out.flatten()
+    order = flat.argsort(descending=True).tolist()
+    units = [(i // (h * w), (i % (h * w)) // w, i % w) for i in order]
+    active = {u for u, i in zip(units, order, strict=True) if flat[i] > 0}
+    chosen: list[tuple[int, int, int]] = []
+    seen: set[int] = set()
+    for unit in units:
+        if unit in active and unit[0] not in seen:
+            seen.add(unit[0])
+            chosen.append(unit)
+    chosen += [u for u in units if u in active and u not in chosen]
+    chosen += [u for u in units if u not in active]
+    return chosen[:k]
+
+
+def layer_output(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of ``layer`` for input ``x`` (a forward hook; no gradients)."""
+    store: dict[str, torch.Tensor] = {}
+    module = dict(model.named_modules())[layer]
+    handle = module.register_forward_hook(lambda m, i, o: store.__setitem__("out", o.detach().clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return store["out"]
+
+
+def neuron_attributions(
+    model: nn.Module, layer: str, image: torch.Tensor, neurons: list[tuple[int, int, int]], guided: bool = True
+) -> torch.Tensor:
+    """Input attributions (K, C, H, W) of each neuron ``(c, y, x)`` of ``layer`` for one image (1, C, H, W).
+
+    ``guided=True`` is Captum's NeuronGuidedBackprop, ``False`` the plain gradient (NeuronGradient). The image is
+    repeated once per neuron and every copy selects its own neuron, so all K come from one backward pass.
+    """
+    from captum.attr import NeuronGradient, NeuronGuidedBackprop
+
+    module = dict(model.named_modules())[layer]
+    k = len(neurons)
+    index = torch.tensor([(i, *unit) for i, unit in enumerate(neurons)], device=image.device).T
+    x = image.expand(k, *image.shape[1:]).clone().requires_grad_(True)
+
+    def selector(out: torch.Tensor) -> torch.Tensor:
+        return out[tuple(index)]  # copy i -> its own neuron (c_i, y_i, x_i)
+
+    method = NeuronGuidedBackprop(model, module) if guided else NeuronGradient(model, module)
+    with warnings.catch_warnings():  # Captum announces its (temporary) ReLU hooks on every call
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
+        return method.attribute(x, neuron_selector=selector).detach()
+
+
+def gradcam(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM of ``layer`` for classes ``target``, upsampled to the input's size: (N, 1, H, W), >= 0."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    module = dict(model.named_modules())[layer]
+    attr = LayerGradCam(model, module).attribute(x, target=target, relu_attributions=True)
+    return LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), "bilinear").detach()
+
+
+def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int = 32) -> torch.Tensor:
+    """Integrated gradients from an all-zero input (after normalisation: the mean colour): (N, C, H, W)."""
+    from captum.attr import IntegratedGradients
+
+    return IntegratedGradients(model).attribute(x, target=target, n_steps=steps, internal_batch_size=64).detach()
+
+
+def _gradient_image(g: torch.Tensor) -> np.ndarray:
+    """A gradient (C, H, W) as a picture: standardised around grey, the usual guided-backprop display."""
+    g = g.float()
+    g = (g - g.mean()) / (g.std() + 1e-8) * 0.15 + 0.5
+    return g.clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+def _pick_images(labels: list[int], n: int) -> list[int]:
+    """``n`` sample indices taken round-robin over the classes, so the pictures show every class."""
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < n and any(depth < len(v) for v in by_class.values()):
+        picked += [v[depth] for _, v in sorted(by_class.items()) if depth < len(v)]
+        depth += 1
+    return picked[:n]
+
+
+def filters_figure(conv_name: str, conv: nn.Conv2d, activations: torch.Tensor, image: np.ndarray, caption: str):
+    """First-layer filters (RGB patches when the input has 3 channels), then the input and the filters' maps.
+
+    Each grid is one mosaic (fast to draw); filter ``i`` and map ``i`` sit at the same grid position.
+    """
+    weights = conv.weight.detach().float().cpu()[:MAX_FILTERS]
+    maps = activations[0, :MAX_FILTERS].float().cpu()
+    n = weights.shape[0]
+    cols = min(8, n)
+    rgb = weights.shape[1] == 3
+    patches = [minmax(w.permute(1, 2, 0).numpy()) if rgb else minmax(w.mean(0).numpy()) for w in weights]
+    fig, axes = new_figure(1, 3, cell=(4.0, 4.0 * math.ceil(n / cols) / cols + 0.6), title_space=0.6)
+    kind = "RGB" if rgb else "mean over input channels"
+    show_image(axes[0, 0], tile(patches, cols), f"{n} filters of {conv_name} ({kind}), row by row")
+    show_image(axes[0, 1], image, f"input ({caption})")
+    show_image(axes[0, 2], tile([minmax(m.numpy()) for m in maps], cols), "their activation maps", cmap="viridis")
+    for ax in axes[0]:
+        ax.title.set_fontsize(8)
+    fig.suptitle(f"First-layer filters {tuple(conv.weight.shape)} and what they respond to", fontsize=9)
+    return fig
+
+
+def guided_backprop_figure(attrs: torch.Tensor, neurons: list[tuple[int, int, int]], layer: str, title: str):
+    """One row per neuron (a 10x1 grid for 10 neurons)."""
+    fig, axes = new_figure(len(neurons), 1, cell=(2.4, 2.2))
+    for ax, attr, (c, y, x) in zip(axes[:, 0], attrs, neurons, strict=True):
+        show_image(ax, _gradient_image(attr), f"{layer} channel {c} at ({y},{x})")
+    fig.suptitle(textwrap.fill(title, 42), fontsize=8)
+    return fig
+
+
+def overlay_figure(images: np.ndarray, maps: torch.Tensor, titles: list[str], colors: list[str], title: str):
+    """Heat maps (N, 1, H, W) over images (N, H, W, 3), up to 4 per row."""
+    n = len(images)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = new_figure(rows, cols, cell=(2.4, 2.6))
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.axis("off")
+            continue
+        show_image(ax, images[i], titles[i], color=colors[i])
+        heat = maps[i, 0].float().cpu().clamp(min=0).numpy()  # scaled by its max, not min-max: no noise blow-up
+        ax.imshow(heat / heat.max() if heat.max() > 0 else heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def explain(
+    model_ref: str | LoadedModel,
+    data_root: str | Path | None = None,
+    images: int = 8,
+    *,
+    out_dir: str | Path | None = None,
+    integrated: bool = False,
+    device: str | None = None,
+) -> dict[str, Path]:
+    """Write filters.png, guided_backprop.png and gradcam.png (+ integrated_gradients.png) for test images.
+
+    Returns ``{figure name: path}``.
+    """
+    if images < 1:
+        raise UsageError(f"--images must be at least 1, got {images}")
+    loaded = model_ref if isinstance(model_ref, LoadedModel) else load_model(model_ref, device or default_device())
+    data = load_eval_data(loaded, data_root, "test")
+    out = Path(out_dir) if out_dir is not None else default_out_dir(loaded, EXPLAIN_FOLDER)
+    check_out_dir(out, EXPLAIN_FILES)
+    model = loaded.model
+    dev = next(model.parameters()).device
+    mean, std = loaded.data_config["mean"], loaded.data_config["std"]
+
+    picked = _pick_images(data.labels, images)
+    x = torch.stack([data.dataset[i]["pixel_values"] for i in picked]).to(dev)
+    labels = [data.labels[i] for i in picked]
+    shown = denormalize(x, mean, std)
+    with torch.no_grad():
+        probs = model(x).float().softmax(1)
+    conf, preds = probs.max(1)
+    names = data.class_names
+
+    figures: dict[str, Any] = {}
+    conv_name, conv = first_conv(model)
+    acts = layer_output(model, conv_name, x[:1])
+    figures["filters"] = filters_figure(conv_name, conv, acts, shown[0], f"true {names[labels[0]]}")
+
+    layer = last_conv_block(model)
+    others = non_relu_activations(model, layer)
+    neurons = top_neurons(layer_output(model, layer, x[:1]), NUM_NEURONS)
+    attrs = neuron_attributions(model, layer, x[:1], neurons, guided=True)
+    if others:
+        logger.warning(
+            "guided backprop needs nn.ReLU activations, but %s uses %s before %s: Captum falls back to plain "
+            "gradients there, so guided_backprop.png shows (mostly) plain gradients",
+            loaded.ref,
+            ", ".join(others),
+            layer,
+        )
+        title = f"Plain gradients, NOT guided ({', '.join(others)} instead of ReLU): {layer} neurons"
+    else:
+        title = f"Guided backprop of {len(neurons)} {layer} (CONV5) neurons, image of {names[labels[0]]}"
+    figures["guided_backprop"] = guided_backprop_figure(attrs, neurons, layer, title)
+
+    cams = gradcam(model, layer, x, preds)
+    titles = [f"true: {names[t]}\npred: {names[p]} ({c:.0%})" for t, p, c in zip(labels, preds, conf, strict=True)]
+    colors = [RIGHT if t == int(p) else WRONG for t, p in zip(labels, preds, strict=True)]
+    figures["gradcam"] = overlay_figure(shown, cams, titles, colors, f"Grad-CAM of {layer} for the predicted class")
+    if integrated:
+        ig = integrated_gradients(model, x, preds).abs().sum(1, keepdim=True)
+        figures["integrated_gradients"] = overlay_figure(
+            shown, ig, titles, colors, "Integrated gradients (|attribution|, baseline: the mean colour)"
+        )
+
+    with atomic_directory(out, overwrite=True) as tmp:
+        for name, fig in figures.items():
+            save_figure(fig, tmp / f"{name}.png")
+    paths = {name: out / f"{name}.png" for name in figures}
+    logger.info("wrote %s", out)
+    return paths
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="run directory, local-dir:PATH, hf-hub:ORG/NAME or timm name")
+    parser.add_argument("--data-root", metavar="DIR", help="image folder (default: the run's recipe data.root)")
+    parser.add_argument("--images", type=int, default=8, metavar="N", help="test images for Grad-CAM (default 8)")
+    parser.add_argument("--integrated-gradients", action="store_true", help="also write integrated_gradients.png")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: <run>/explain)")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    paths = explain(
+        args.model,
+        args.data_root,
+        args.images,
+        out_dir=args.out,
+        integrated=args.integrated_gradients,
+        device=args.device,
+    )
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+__all__ = [
+    "explain",
+    "first_conv",
+    "gradcam",
+    "last_conv_block",
+    "neuron_attributions",
+    "non_relu_activations",
+    "top_neurons",
+]

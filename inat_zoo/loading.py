@@ -1,0 +1,152 @@
+"""Turn a MODEL argument into a ready-to-run timm model, shared by evaluate, explain, predict, hub and demo.
+
+A MODEL is one of: a run directory (it has ``model/config.json``), ``local-dir:PATH`` (a timm ``save_for_hf``
+folder), ``hf-hub:ORG/NAME``, or a timm model name (its pretrained weights). Everything is loaded through
+``timm.create_model(..., pretrained=True)`` so a model here is exactly what a timm user gets; this module only
+adds clear errors, the label names and the run directory (for its recipe and its ``eval/``/``explain/`` folders).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import yaml
+from timm.models import parse_model_name, split_model_name_tag
+
+from . import models  # noqa: F401  (registers the inat_* architectures before any create_model)
+from .errors import UsageError
+
+MODEL_FOLDER = "model"
+RECIPE_FILE = "recipe.yaml"
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with what is needed to feed it and to name its outputs."""
+
+    model: torch.nn.Module
+    data_config: dict[str, Any]
+    label_names: list[str]
+    run_dir: Path | None
+    ref: str  # the name given to timm.create_model
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+
+def resolve_model_ref(ref: str) -> tuple[str, Path | None]:
+    """Map a MODEL argument to ``(name for timm.create_model, run directory or None)``; bad refs -> UsageError."""
+    ref = str(ref).strip()
+    if not ref:
+        raise UsageError("empty MODEL: give a run directory, local-dir:PATH, hf-hub:ORG/NAME or a timm model name")
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return _resolve_folder(path)
+    try:
+        source, model_id = parse_model_name(ref)
+    except ValueError as e:
+        if "looks like" in str(e):  # a path-like ref that is not there
+            raise UsageError(
+                f"no such run directory: {ref} (for a Hub model write hf-hub:{ref}, for a folder local-dir:PATH)"
+            ) from e
+        raise UsageError(f"bad MODEL {ref!r}: {e}") from e
+    if source == "local-dir":
+        folder = Path(model_id).expanduser()
+        if not folder.is_dir():
+            raise UsageError(f"no such model folder: {folder} (from {ref})")
+        if not (folder / "config.json").is_file():
+            raise UsageError(f"{folder} has no config.json: not a timm save_for_hf model folder (from {ref})")
+        return f"local-dir:{folder.resolve()}", _run_dir_of_model_folder(folder)
+    if source == "hf-hub":
+        return ref, None
+    name, _tag = split_model_name_tag(model_id)
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UsageError(f"unknown model {ref!r}: not a run directory, a model folder or a timm model name{hint}")
+    return ref, None
+
+
+def _resolve_folder(path: Path) -> tuple[str, Path | None]:
+    if (path / MODEL_FOLDER / "config.json").is_file():
+        return f"local-dir:{(path / MODEL_FOLDER).resolve()}", path
+    if (path / "config.json").is_file():  # a Hub folder (push --dry-run) or a bare model folder
+        return f"local-dir:{path.resolve()}", _run_dir_of_model_folder(path)
+    raise UsageError(f"{path} is not a run directory: {path / MODEL_FOLDER / 'config.json'} is missing")
+
+
+def _run_dir_of_model_folder(folder: Path) -> Path | None:
+    """``<run>/model`` belongs to a run: evaluate/explain then read its recipe and write next to it."""
+    return folder.parent if folder.name == MODEL_FOLDER and (folder.parent / RECIPE_FILE).is_file() else None
+
+
+def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load MODEL with its weights (eval mode, on ``device``); loading failures become one-line UsageErrors."""
+    name, run_dir = resolve_model_ref(ref)
+    try:
+        model = timm.create_model(name, pretrained=True)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        # OSError covers missing files and every network/offline error of huggingface_hub and urllib;
+        # RuntimeError: timm's "no pretrained weights" and state-dict mismatches; ValueError/KeyError: bad config.
+        raise UsageError(f"cannot load model {ref}: {_one_line(e)}") from e
+    model.eval().to(device)
+    return LoadedModel(
+        model=model,
+        data_config=timm.data.resolve_model_data_config(model),
+        label_names=_label_names(model, name),
+        run_dir=run_dir,
+        ref=name,
+    )
+
+
+def _label_names(model: torch.nn.Module, name: str) -> list[str]:
+    """config.json's ``label_names`` (timm copies them into pretrained_cfg), ImageNet names, else ``class_<i>``."""
+    num_classes = int(model.num_classes)
+    names: Any = None
+    source, model_id = parse_model_name(name)
+    if source == "local-dir":
+        names = json.loads((Path(model_id) / "config.json").read_text()).get("label_names")
+    if not names:
+        names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+    if not names and source is None:  # a timm name's own pretrained weights: ImageNet classes
+        names = _imagenet_label_names(model)
+    if not names:
+        return [f"class_{i}" for i in range(num_classes)]
+    if isinstance(names, dict):  # timm allows {index: name}
+        names = [names[k] for k in sorted(names, key=int)]
+    names = [str(n) for n in names]
+    if len(names) != num_classes:
+        raise UsageError(f"model {name} has {num_classes} outputs but its config lists {len(names)} label_names")
+    return names
+
+
+def _imagenet_label_names(model: torch.nn.Module) -> list[str] | None:
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(model)
+    return ImageNetInfo(subset).label_descriptions(as_dict=False) if subset else None
+
+
+def read_run_recipe(run_dir: Path | None) -> dict[str, Any]:
+    """The resolved recipe of a run (``recipe.yaml``), or ``{}`` when the model is not a run directory."""
+    if run_dir is None or not (run_dir / RECIPE_FILE).is_file():
+        return {}
+    try:
+        recipe = yaml.safe_load((run_dir / RECIPE_FILE).read_text())
+    except yaml.YAMLError as e:
+        raise UsageError(f"cannot read {run_dir / RECIPE_FILE}: {_one_line(e)}") from e
+    if not isinstance(recipe, dict):
+        raise UsageError(f"{run_dir / RECIPE_FILE} is not a mapping")
+    return recipe
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

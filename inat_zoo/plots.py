@@ -1,0 +1,97 @@
+"""Figure helpers shared by evaluate and explain: headless, no pyplot state, nothing left open.
+
+Figures are built as plain ``matplotlib.figure.Figure`` objects (not through ``pyplot``), so they never enter
+pyplot's global registry: there is nothing to close, they render with Agg whatever the configured backend and are
+freed when dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+RIGHT = "#1a7f37"  # green
+WRONG = "#d1242f"  # red
+
+
+def new_figure(
+    nrows: int, ncols: int, cell: tuple[float, float] = (2.0, 2.0), title_space: float = 0.5
+) -> tuple[Figure, np.ndarray]:
+    """A figure with an ``nrows x ncols`` array of axes (always 2-D), each ``cell`` inches, room for a suptitle.
+
+    Fixed margins rather than constrained layout: the layout solver costs seconds on grids of dozens of axes.
+    """
+    width, height = max(1.0, ncols * cell[0]), max(1.0, nrows * cell[1]) + title_space
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(
+        nrows,
+        ncols,
+        squeeze=False,
+        gridspec_kw={
+            "left": 0.1 / width,
+            "right": 1 - 0.1 / width,
+            "bottom": 0.1 / height,
+            "top": 1 - title_space / height,
+            "hspace": 0.45 / max(0.5, cell[1] - 0.45),  # two title lines between rows
+            "wspace": 0.15 / max(0.5, cell[0] - 0.15),
+        },
+    )
+    return fig, axes
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
+    """Render to PNG (Agg, whatever the configured backend)."""
+    path = Path(path)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+def tile(images: Sequence[np.ndarray], cols: int, pad: int = 1, fill: float = 1.0) -> np.ndarray:
+    """Equal-sized images (H, W) or (H, W, 3) in a ``cols``-wide mosaic with ``pad`` pixels of ``fill`` between.
+
+    One picture drawn in one axes instead of dozens of axes: grids of filters stay fast to render.
+    """
+    first = np.asarray(images[0])
+    h, w = first.shape[:2]
+    rows = -(-len(images) // cols)
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, *first.shape[2:]), fill, dtype=np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = image
+    return canvas
+
+
+def denormalize(pixel_values: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Model input (C,H,W) or (N,C,H,W), normalised with ``mean``/``std`` -> HWC (or NHWC) floats in [0, 1]."""
+    x = pixel_values.detach().float().cpu()
+    shape = (-1, 1, 1) if x.dim() == 3 else (1, -1, 1, 1)
+    x = x * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
+    x = x.clamp(0, 1)
+    return (x.permute(1, 2, 0) if x.dim() == 3 else x.permute(0, 2, 3, 1)).numpy()
+
+
+def show_image(ax: Axes, image: np.ndarray, title: str | None = None, color: str | None = None, **kwargs) -> None:
+    """Draw an image without ticks; a coloured frame and title mark right (green) or wrong (red) when given."""
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    ax.imshow(image, **kwargs)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=7, color=color or "black")
+    if color is not None:
+        for spine in ax.spines.values():
+            spine.set_edgecolor(color)
+            spine.set_linewidth(3)
+
+
+def minmax(a: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] for display (a constant array becomes zeros)."""
+    a = np.asarray(a, dtype=np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)

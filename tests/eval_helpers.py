@@ -1,0 +1,119 @@
+"""Tiny run directories for the evaluation, explanation and prediction tests.
+
+A run is built the way the trainer writes one (``inat_zoo.export.save_model_folder`` + recipe.yaml), after a few
+real optimisation steps on the synthetic sample so that predictions are neither constant nor all right. Runs are
+memoised per (sample root, spec), so every test module shares them within a session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from PIL import Image
+
+import inat_zoo  # noqa: F401  (registers inat_* models)
+from inat_zoo.export import save_model_folder
+
+IMG = 64
+_RUNS: dict[tuple, Path] = {}
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on the shared 2-core machine two OpenMP threads run these tiny models ~3x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Autouse in the modules that import it."""
+    with one_thread():
+        yield
+
+
+def class_names(sample_root: Path) -> list[str]:
+    return sorted(p.name for p in (sample_root / "train").iterdir() if p.is_dir())
+
+
+def image_files(sample_root: Path, folder: str) -> list[tuple[Path, int]]:
+    names = class_names(sample_root)
+    return [(f, i) for i, name in enumerate(names) for f in sorted((sample_root / folder / name).glob("*.jpg"))]
+
+
+def timm_eval_transform(data_config: dict):
+    """timm's own evaluation transform: the independent reference for our pipeline."""
+    return timm.data.create_transform(**data_config, is_training=False)
+
+
+def load_pil(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def make_run(
+    base: Path, sample_root: Path, model_name: str = "inat_flexible_cnn", steps: int = 30, **model_args
+) -> Path:
+    """A run directory (model/ + recipe.yaml + metrics.json) whose data.root is ``sample_root``."""
+    key = (str(sample_root), model_name, steps, repr(sorted(model_args.items())))
+    if key not in _RUNS:
+        with one_thread():
+            _RUNS[key] = _train_and_save(
+                base / f"run_{model_name}_{len(_RUNS)}", sample_root, model_name, steps, model_args
+            )
+    return _RUNS[key]
+
+
+def _train_and_save(run: Path, sample_root: Path, model_name: str, steps: int, model_args: dict) -> Path:
+    torch.manual_seed(0)
+    names = class_names(sample_root)
+    model = timm.create_model(model_name, num_classes=len(names), pretrained=False, **model_args)
+    data_config = {
+        "input_size": (3, IMG, IMG),
+        "interpolation": "bilinear",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
+    transform = timm_eval_transform(data_config)
+    files = image_files(sample_root, "train")
+    x = torch.stack([transform(load_pil(f)) for f, _ in files])
+    y = torch.tensor([label for _, label in files])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):  # a few real steps: predictions are neither constant nor perfect
+        idx = torch.randperm(len(y), generator=gen)[:32]
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    save_model_folder(model, run / "model", label_names=names, data_config=data_config)
+    recipe = {
+        "seed": 42,
+        "output_dir": str(run),
+        "model": {"name": model_name, "args": model_args, "pretrained": False, "freeze": "none"},
+        "data": {"root": str(sample_root), "val_fraction": 0.2, "image_size": IMG},
+        "track": {"wandb": False, "project": "inat_zoo", "mode": "offline"},
+    }
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return run
+
+
+def pixel_std(png: Path) -> float:
+    """Standard deviation of a PNG's pixels: 0 for a blank picture."""
+    with Image.open(png) as img:
+        return float(np.asarray(img.convert("RGB"), dtype=np.float32).std())
