@@ -1,0 +1,155 @@
+"""Training input pipeline throughput: inat_zoo's data path vs a naive torchvision ImageFolder, same run.
+
+Generates photo-like 800x600 / 600x800 JPEGs (smooth colour fields + sensor-like noise, quality 90, ~100-300 KB,
+as in nature_12K) in a temporary folder, then measures images/s through a DataLoader (num_workers=0 for all, so
+the figure is per-core work) of:
+
+- baseline: ``torchvision.datasets.ImageFolder`` (full PIL decode) + the timm train transform;
+- no_cache: ``load_inat12k`` + ``with_image_transform`` (draft decode) + the same transform;
+- cached:   ``prepare_dataset`` (one-time resized copy in the Arrow cache, not timed per epoch) + the same.
+
+The three are interleaved over several rounds and each keeps its best round, so machine noise hits all alike.
+``--json`` prints one object with ``ratio_no_cache`` and ``ratio_cached``. Targets: >= 2.5x and >= 5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+N_CLASSES = 10
+
+
+def photo_like(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """Smooth low-frequency colour field with mid-frequency texture and pixel noise: JPEG sizes of real photos."""
+    coarse = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC)
+    texture = Image.fromarray((rng.random((height // 8, width // 8)) * 255).astype(np.uint8)).resize(
+        (width, height), Image.BILINEAR
+    )
+    pixels = np.asarray(coarse, np.float32) * 0.8 + np.asarray(texture, np.float32)[..., None] * 0.2
+    pixels += rng.normal(0, 6, size=pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def write_folder(root: Path, images: int, seed: int = 0) -> int:
+    """``root/train/<class>/*.jpg`` with ``images`` photos and a tiny ``root/val``; returns total JPEG bytes."""
+    rng = np.random.default_rng(seed)
+    total = 0
+    for split, count in (("train", images), ("val", N_CLASSES)):
+        for i in range(count):
+            folder = root / split / f"class_{i % N_CLASSES}"
+            folder.mkdir(parents=True, exist_ok=True)
+            size = (800, 600) if i % 3 else (600, 800)
+            path = folder / f"{rng.bytes(16).hex()}.jpg"
+            photo_like(rng, *size).save(path, quality=90)
+            total += path.stat().st_size
+    return total
+
+
+def images_per_second(dataset, batch_size: int, limit: int) -> float:
+    import torch
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    seen, start = 0, time.perf_counter()
+    for batch in loader:
+        pixels = batch[0] if isinstance(batch, (list, tuple)) else batch["pixel_values"]
+        seen += pixels.shape[0]
+        if seen >= limit:
+            break
+    return seen / (time.perf_counter() - start)
+
+
+def run(images: int, size: int, rounds: int, batch_size: int, augment: dict | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="inat_zoo_bench_") as tmp:
+        tmp = Path(tmp)
+        # Never reuse or pollute the user's caches: set before datasets is imported (it reads them at import).
+        os.environ["INAT_ZOO_CACHE"] = str(tmp / "cache")
+        os.environ["HF_DATASETS_CACHE"] = str(tmp / "hf_datasets")
+        import datasets
+        import timm
+        import torch
+        from torchvision.datasets import ImageFolder
+
+        from inat_zoo.data import create_image_transform, load_inat12k, prepare_dataset, with_image_transform
+        from inat_zoo.data.prepare import short_side_for
+        from inat_zoo.data.transforms import resolve_data_config
+
+        torch.set_num_threads(1)
+        datasets.disable_progress_bars()
+        if Path(datasets.config.HF_DATASETS_CACHE) != tmp / "hf_datasets":  # imported earlier by the caller
+            datasets.config.HF_DATASETS_CACHE = tmp / "hf_datasets"
+        t0 = time.perf_counter()
+        jpeg_bytes = write_folder(tmp / "data", images)
+        generate_s = time.perf_counter() - t0
+
+        model = timm.create_model("resnet50", pretrained=False)
+        data_config = resolve_data_config(model, size)
+        transform = create_image_transform(data_config, is_training=True, augment=augment)
+
+        dsdict = load_inat12k(tmp / "data", val_fraction=0.1, seed=0)
+        t0 = time.perf_counter()
+        prepared = prepare_dataset(dsdict, short_side_for(size), num_proc=1)
+        prepare_s = time.perf_counter() - t0
+
+        pipelines = {
+            "baseline": ImageFolder(str(tmp / "data" / "train"), transform=transform),
+            "no_cache": with_image_transform(dsdict["train"], transform, data_config),
+            "cached": with_image_transform(prepared["train"], transform, data_config),
+        }
+        limit = len(dsdict["train"])
+        best = dict.fromkeys(pipelines, 0.0)
+        for _ in range(rounds):
+            for name, dataset in pipelines.items():
+                best[name] = max(best[name], images_per_second(dataset, batch_size, limit))
+    return {
+        "images": limit,
+        "image_size": size,
+        "rounds": rounds,
+        "mean_jpeg_kb": round(jpeg_bytes / (images + N_CLASSES) / 1024, 1),
+        "baseline_images_per_s": round(best["baseline"], 1),
+        "no_cache_images_per_s": round(best["no_cache"], 1),
+        "cached_images_per_s": round(best["cached"], 1),
+        "ratio_no_cache": round(best["no_cache"] / best["baseline"], 2),
+        "ratio_cached": round(best["cached"] / best["baseline"], 2),
+        "prepare_s": round(prepare_s, 1),
+        "generate_s": round(generate_s, 1),
+        "augment": augment or {},
+        "transform": str(transform).replace("\n", " "),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--images", type=int, default=240, help="training images to generate (default 240)")
+    parser.add_argument("--size", type=int, default=224, help="training image size (default 224)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds, best kept (default 5)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--augment", type=json.loads, default=None, help="""recipe data.augment as JSON, e.g. '{"re_prob": 0.25}'"""
+    )
+    args = parser.parse_args(argv)
+    result = run(args.images, args.size, args.rounds, args.batch_size, args.augment)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['images']} photo-like JPEGs (mean {result['mean_jpeg_kb']} KB), train transform at {args.size} px")
+    print(f"{'pipeline':<10} {'images/s':>10} {'vs baseline':>12}  target")
+    print(f"{'baseline':<10} {result['baseline_images_per_s']:>10.1f} {'1.00x':>12}")
+    print(f"{'no_cache':<10} {result['no_cache_images_per_s']:>10.1f} {result['ratio_no_cache']:>11.2f}x  >= 2.5x")
+    print(f"{'cached':<10} {result['cached_images_per_s']:>10.1f} {result['ratio_cached']:>11.2f}x  >= 5x")
+    print(f"one-time prepare: {result['prepare_s']} s; generating the images: {result['generate_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Image transforms from a timm data config, and a fast decoder that feeds them.
+
+The transforms are timm's own (``create_transform``): the model's data config (``resolve_model_data_config``)
+gives size, interpolation, mean/std and crop_pct, the recipe's ``data.augment`` the training options. Decoding is
+ours: ``datasets``' Image feature always decodes the full JPEG, while a ~800x600 photo trained at 224 px only needs
+a half-scale decode, which Pillow's ``draft`` gives for a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+    from PIL import Image as PILImage
+
+# The recipe's `data.augment` keys and their defaults (timm's create_transform meaning).
+AUGMENT_DEFAULTS: dict[str, Any] = {
+    "hflip": 0.5,  # horizontal flip probability
+    "vflip": 0.0,  # vertical flip probability
+    "scale": [0.08, 1.0],  # RandomResizedCrop area range
+    "ratio": [3 / 4, 4 / 3],  # RandomResizedCrop aspect-ratio range
+    "auto_augment": None,  # None | timm policy ("rand-m9-mstd0.5-inc1", "augmix-m5", "original") | "trivialaugment"
+    # float (brightness/contrast/saturation) or [b, c, s(, h)]; off by default: colour is a cue for many taxa
+    "color_jitter": None,
+    "re_prob": 0.0,  # random erasing probability
+}
+TRIVIAL_AUGMENT = "trivialaugment"  # torchvision's TrivialAugmentWide (timm has no TrivialAugment policy)
+DEFAULT_CROP_PCT = 0.875
+
+
+def _prob(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise UsageError(f"data.augment.{key} must be a probability between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _range(key: str, value: Any, upper: float | None) -> tuple[float, float]:
+    ok = isinstance(value, (list, tuple)) and len(value) == 2
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ok = ok and 0 < value[0] <= value[1] and (upper is None or value[1] <= upper)
+    if not ok:
+        bound = f" <= {upper}" if upper is not None else ""
+        raise UsageError(f"data.augment.{key} must be [min, max] with 0 < min <= max{bound}, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def validate_augment(augment: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``augment`` merged over :data:`AUGMENT_DEFAULTS`, type-checked; unknown keys raise :class:`UsageError`."""
+    augment = dict(augment or {})
+    unknown = sorted(set(augment) - set(AUGMENT_DEFAULTS))
+    if unknown:
+        raise UsageError(
+            f"unknown data.augment key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(AUGMENT_DEFAULTS))}"
+        )
+    out = {**AUGMENT_DEFAULTS, **augment}
+    out["hflip"] = _prob("hflip", out["hflip"])
+    out["vflip"] = _prob("vflip", out["vflip"])
+    out["re_prob"] = _prob("re_prob", out["re_prob"])
+    out["scale"] = _range("scale", out["scale"], 1.0)
+    out["ratio"] = _range("ratio", out["ratio"], None)
+    aa = out["auto_augment"]
+    if aa is not None and (not isinstance(aa, str) or not aa):
+        raise UsageError(f"data.augment.auto_augment must be null or a policy string, got {aa!r}")
+    cj = out["color_jitter"]
+    if cj is not None:
+        scalar = isinstance(cj, (int, float)) and not isinstance(cj, bool) and cj >= 0
+        seq = isinstance(cj, (list, tuple)) and len(cj) in (3, 4)
+        seq = seq and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in cj)
+        if not (scalar or seq):
+            raise UsageError(f"data.augment.color_jitter must be null, a number >= 0 or a list of 3-4, got {cj!r}")
+        out["color_jitter"] = float(cj) if scalar else tuple(float(v) for v in cj)
+    if aa is not None and augment.get("color_jitter") is not None:
+        raise UsageError(
+            "data.augment: color_jitter is ignored when auto_augment is set (timm drops it); set only one of them"
+        )
+    return out
+
+
+def _input_hw(data_config: Mapping[str, Any]) -> tuple[int, int]:
+    try:
+        size = data_config["input_size"]
+    except KeyError:
+        raise UsageError("data config has no input_size (use timm.data.resolve_model_data_config(model))") from None
+    if isinstance(size, int):
+        return size, size
+    return int(size[-2]), int(size[-1])
+
+
+def resolve_data_config(model: Any, image_size: int | None = None) -> dict[str, Any]:
+    """The model's timm data config, with ``input_size`` made ``image_size`` x ``image_size`` when given."""
+    from timm.data import resolve_model_data_config
+
+    config = dict(resolve_model_data_config(model))
+    if image_size is not None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+            raise UsageError(f"data.image_size must be an integer >= 8, got {image_size!r}")
+        config["input_size"] = (config["input_size"][0], image_size, image_size)
+    return config
+
+
+def decode_short_side(data_config: Mapping[str, Any]) -> int:
+    """The smallest short side the transforms need: eval resizes to size / crop_pct before the centre crop."""
+    crop_pct = data_config.get("crop_pct") or DEFAULT_CROP_PCT
+    return math.ceil(max(_input_hw(data_config)) / min(crop_pct, DEFAULT_CROP_PCT))
+
+
+def create_image_transform(
+    data_config: Mapping[str, Any], is_training: bool, augment: Mapping[str, Any] | None = None
+) -> Callable[[PILImage.Image], torch.Tensor]:
+    """timm's transform for a data config: training = RandomResizedCrop + flips + ``augment``; evaluation = resize
+    to ``size / crop_pct`` + centre crop. Both end in a normalised float tensor [C, H, W]."""
+    from timm.data import create_transform
+
+    options = validate_augment(augment)
+    common = {
+        "input_size": _input_hw(data_config),
+        "interpolation": data_config.get("interpolation", "bilinear"),
+        "mean": tuple(data_config.get("mean", (0.485, 0.456, 0.406))),
+        "std": tuple(data_config.get("std", (0.229, 0.224, 0.225))),
+    }
+    if not is_training:
+        return create_transform(
+            **common,
+            is_training=False,
+            crop_pct=data_config.get("crop_pct"),
+            crop_mode=data_config.get("crop_mode"),
+        )
+    aa = options["auto_augment"]
+    train_kwargs = {
+        "scale": options["scale"],
+        "ratio": options["ratio"],
+        "hflip": options["hflip"],
+        "vflip": options["vflip"],
+        "color_jitter": options["color_jitter"],
+        "re_prob": options["re_prob"],
+    }
+    if aa == TRIVIAL_AUGMENT:
+        from timm.data.transforms import str_to_interp_mode
+        from torchvision import transforms as T
+
+        primary, _jitter, final = create_transform(
+            **common, is_training=True, separate=True, auto_augment=None, **train_kwargs
+        )
+        trivial = T.TrivialAugmentWide(interpolation=str_to_interp_mode(common["interpolation"]))
+        return T.Compose([*primary.transforms, trivial, *final.transforms])  # no jitter with AA, as timm does
+    try:
+        return create_transform(**common, is_training=True, auto_augment=aa, **train_kwargs)
+    except (AssertionError, KeyError, ValueError) as e:
+        raise UsageError(
+            f"data.augment.auto_augment {aa!r} is not a timm policy (e.g. 'rand-m9-mstd0.5-inc1', 'augmix-m5', "
+            f"'original') nor {TRIVIAL_AUGMENT!r}: {e or type(e).__name__}"
+        ) from e
+
+
+def to_rgb(img: PILImage.Image) -> PILImage.Image:
+    """Any Pillow mode as 8-bit RGB: 16/32-bit greys are scaled (not clipped), transparency goes on white."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return Image.fromarray((arr * (255.0 / peak)).round().clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 1.0 if arr.max() <= 1.0 else 255.0
+        return Image.fromarray((arr * (255.0 / peak)).round().clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def decode_image(value: Any, min_side: int | None = None) -> PILImage.Image:
+    """Open a ``datasets`` image value (``{"bytes", "path"}``, a path, bytes or a PIL image) as an upright RGB image.
+
+    With ``min_side``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose sides both stay
+    >= ``min_side``; the transforms then resize anyway, so the result matches a full decode closely, for less time.
+    """
+    from PIL import Image, ImageOps
+
+    if isinstance(value, Image.Image):
+        img = value
+    else:
+        if isinstance(value, dict):
+            data, path = value.get("bytes"), value.get("path")
+            source = io.BytesIO(data) if data else path
+        elif isinstance(value, (bytes, bytearray)):
+            source = io.BytesIO(value)
+        elif isinstance(value, (str, os.PathLike)):
+            source = value
+        else:
+            raise TypeError(f"cannot decode an image from {type(value).__name__}")
+        if source is None:
+            raise ValueError("image value has neither bytes nor path")
+        img = Image.open(source)
+        if min_side and img.format == "JPEG":
+            img.draft("RGB", (min_side, min_side))
+        img.load()
+    if img.getexif().get(0x0112, 1) != 1:  # EXIF Orientation
+        if not isinstance(value, Image.Image):
+            ImageOps.exif_transpose(img, in_place=True)
+        else:
+            img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+class ImageBatchTransform:
+    """``datasets`` format transform: decode (draft, EXIF, RGB), then the image transform, batch-wise.
+
+    A timm transform is split by :class:`~inat_zoo.data.batched.BatchedTransform`: PIL steps per image, the
+    ColorJitter/ToTensor/Normalize/RandomErasing tail once per batch (a DataLoader hands datasets whole batches via
+    ``__getitems__``). Any other callable is applied per image. A plain module-level class, so the dataset stays
+    picklable for DataLoader workers.
+    """
+
+    def __init__(self, transform: Callable[[PILImage.Image], torch.Tensor], min_side: int | None) -> None:
+        from .batched import BatchedTransform
+
+        self.transform = transform
+        self.min_side = min_side
+        self.batched = BatchedTransform.from_transform(transform)
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        images = [decode_image(value, self.min_side) for value in batch["image"]]
+        if self.batched is not None:
+            pixels = self.batched(images)
+        else:
+            pixels = [self.transform(img) for img in images]
+        return {"pixel_values": pixels, "label": batch["label"]}
+
+
+def with_image_transform(
+    split: datasets.Dataset, transform: Callable[[PILImage.Image], torch.Tensor], data_config: Mapping[str, Any]
+) -> datasets.Dataset:
+    """A new dataset whose items are ``{"pixel_values": FloatTensor[C, H, W], "label": int}``.
+
+    The image column is read undecoded and decoded by :func:`decode_image` at the scale the data config needs, so
+    ``DataLoader(ds, batch_size, num_workers=k)`` with the default collate works and skips most JPEG work.
+    """
+    import datasets
+
+    if "image" not in split.column_names or "label" not in split.column_names:
+        raise UsageError(f"dataset needs 'image' and 'label' columns, has {split.column_names}")
+    feature = split.features["image"]
+    if isinstance(feature, datasets.Image) and feature.decode:
+        split = split.cast_column("image", datasets.Image(decode=False))
+    return split.with_transform(ImageBatchTransform(transform, decode_short_side(data_config)))
