@@ -45,8 +45,10 @@ def test_rectangular_input():
 
 
 def test_cli_json(capsys):
-    assert main(["complexity", "--filters", "16", "--kernel-size", "5", "--dense", "64", "--image-size", "64",
-                 "--json"]) == 0
+    assert (
+        main(["complexity", "--filters", "16", "--kernel-size", "5", "--dense", "64", "--image-size", "64", "--json"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"params", "macs", "params_measured", "macs_measured"}
     assert out["params"] == out["params_measured"] == formula_params(16, 5, 64, 64, 64)

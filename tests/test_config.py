@@ -1,0 +1,125 @@
+"""Recipe loading, overrides and validation: every user mistake is one UsageError naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inat_zoo.config import DEFAULTS, apply_overrides, dump_recipe, load_recipe, validate_recipe
+from inat_zoo.errors import UsageError
+
+
+def _write(tmp_path: Path, data, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_filled_and_output_dir_from_stem(tmp_path):
+    recipe = load_recipe(_write(tmp_path, {"train": {"epochs": 3}}, "my_run.yaml"))
+    assert recipe["train"]["epochs"] == 3
+    assert recipe["train"]["batch_size"] == DEFAULTS["train"]["batch_size"]
+    assert recipe["model"]["name"] == "inat_flexible_cnn"
+    assert recipe["output_dir"] == str(Path("runs") / "my_run")
+    assert recipe["data"]["root"].endswith("inaturalist_12K")
+    assert set(recipe) == set(DEFAULTS)
+
+
+def test_overrides_are_yaml_typed(tmp_path):
+    path = _write(tmp_path, {"train": {"lr": 0.1}})
+    recipe = load_recipe(
+        path,
+        [
+            "train.lr=3e-4",
+            "model.args.filters=[8,16,32,64,128]",
+            "train.mixed_precision=bf16",
+            "data.image_size=48",
+            "train.clip_grad=null",
+            "model.unfreeze=[{epoch: 3, stage: layer3}]",
+            "model.freeze=until:layer2",
+            "model.name=resnet18",
+        ],
+    )
+    assert recipe["train"]["lr"] == pytest.approx(3e-4)  # YAML 1.1 reads "3e-4" as a string: coerced for numbers
+    assert recipe["model"]["args"]["filters"] == [8, 16, 32, 64, 128]
+    assert recipe["train"]["mixed_precision"] == "bf16"
+    assert recipe["data"]["image_size"] == 48
+    assert recipe["model"]["unfreeze"] == [{"epoch": 3, "stage": "layer3"}]
+
+
+def test_typo_names_key_suggests_and_lists_allowed(tmp_path):
+    with pytest.raises(UsageError) as e:
+        load_recipe(_write(tmp_path, {"train": {"lrr": 0.1}}))
+    msg = str(e.value)
+    assert "'train.lrr'" in msg and "did you mean 'lr'" in msg
+    assert "batch_size" in msg and "label_smoothing" in msg  # the allowed keys of that section
+    assert str(tmp_path / "exp.yaml") in msg
+    with pytest.raises(UsageError, match="unknown recipe key 'trian'.*did you mean 'train'"):
+        validate_recipe({"trian": {}})
+    with pytest.raises(UsageError, match="'data.augment.hfilp'"):
+        validate_recipe({"data": {"augment": {"hfilp": 0.5}}})
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.epochs=two", "'train.epochs' must be an integer"),
+        ("train.epochs=0", "'train.epochs' must be >= 1"),
+        ("train.lr=fast", "'train.lr' must be a number"),
+        ("train.channels_last=1", "'train.channels_last' must be true or false"),
+        ("train.scheduler=linear", "'train.scheduler' must be one of: cosine, step, none"),
+        ("train.mixed_precision=fp8", "'train.mixed_precision' must be one of"),
+        ("model.freeze=partial", "'model.freeze' must be none, head or until:<stage>"),
+        ("model.args=3", "'model.args' must be a mapping"),
+        ("model.unfreeze=[{epoch: 2}]", "'model.unfreeze[0]'"),
+        ("model.name=resnet_18", "unknown timm model 'resnet_18' (did you mean resnet18"),
+        ("train.optimizer=adamv", "unknown timm optimizer 'adamv'"),
+        ("track.mode=cloud", "'track.mode' must be one of: online, offline, disabled"),
+        ("train.ema=2", "'train.ema' must be"),
+        ("train=3", "recipe section 'train' must be a mapping"),
+    ],
+)
+def test_wrong_values_name_the_key(tmp_path, override, fragment):
+    with pytest.raises(UsageError) as e:
+        load_recipe(_write(tmp_path, {}), [override])
+    assert fragment in str(e.value)
+
+
+def test_cross_checks():
+    with pytest.raises(UsageError, match="layer_decay.*needs a scheduler"):
+        validate_recipe({"train": {"layer_decay": 0.7, "scheduler": "none"}})
+    with pytest.raises(UsageError, match="unfreeze.*needs a frozen model"):
+        validate_recipe({"model": {"unfreeze": [{"epoch": 2, "stage": "layer3"}]}})
+
+
+def test_bad_files_and_overrides(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        load_recipe(_write(tmp_path, "train: [1,\n"))
+    with pytest.raises(UsageError, match="must hold a mapping"):
+        load_recipe(_write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(UsageError, match="must look like section.key=value"):
+        load_recipe(_write(tmp_path, {}), ["train.lr"])
+    with pytest.raises(UsageError, match="'train.lr' is not a section"):
+        apply_overrides({"train": {"lr": 1.0}}, ["train.lr.x=1"])
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = load_recipe(_write(tmp_path, {"model": {"args": {"filters": 8}}}), ["train.lr=0.01"])
+    again = validate_recipe(yaml.safe_load(dump_recipe(recipe)))
+    assert again == recipe
+    assert validate_recipe(recipe) == recipe  # idempotent: the trainer validates again
+
+
+def test_cli_error_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from inat_zoo.cli import main
+
+    out = tmp_path / "run"
+    path = _write(tmp_path, {"output_dir": str(out), "train": {"epoch": 1}})
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("inat-zoo: error:") and "'train.epoch'" in err[0]
+    assert not out.exists()
