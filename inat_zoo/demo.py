@@ -77,8 +77,10 @@ def run_demo(out: Path, recipe: Path = DEFAULT_RECIPE, overrides: list[str] | No
         "minutes": (time.time() - t0) / 60,
     }
     _step("done")
-    print(f"test accuracy        {metrics['test']['accuracy']:.1%} on {metrics['test']['num_samples']} images"
-          f" (chance: {1 / len(eval_metrics['class_names']):.0%})")
+    print(
+        f"test accuracy        {metrics['test']['accuracy']:.1%} on {metrics['test']['num_samples']} images"
+        f" (chance: {1 / len(eval_metrics['class_names']):.0%})"
+    )
     print(f"run directory        {run_dir}  (recipe.yaml, metrics.json, history.jsonl, model/, checkpoints/)")
     print(f"evaluation           {run_dir / 'eval'}")
     print(f"explanations         {', '.join(str(p) for p in pictures.values())}")

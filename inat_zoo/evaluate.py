@@ -24,7 +24,7 @@ from timm.models import safe_model_name
 from .atomic import atomic_directory, atomic_write_json, atomic_write_text
 from .errors import UsageError
 from .loading import RECIPE_FILE, LoadedModel, load_model, read_run_recipe
-from .plots import RIGHT, WRONG, denormalize, new_figure, save_figure, show_image
+from .plots import RIGHT, WRONG, denormalize, new_figure, save_figure, show_image, suptitle
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def predictions_grid_figure(
             ok = t == p
             title = f"true: {class_names[t]}\npred: {class_names[p]} ({conf:.0%})"
             show_image(ax, images[row][col], title, color=RIGHT if ok else WRONG)
-    fig.suptitle(f"Predictions on the {split} split (red = wrong)")
+    suptitle(fig, f"Predictions on the {split} split (red = wrong)")
     return fig
 
 

@@ -24,7 +24,7 @@ from .atomic import atomic_directory
 from .errors import UsageError
 from .evaluate import check_out_dir, default_device, default_out_dir, load_eval_data
 from .loading import LoadedModel, load_model
-from .plots import RIGHT, WRONG, denormalize, minmax, new_figure, save_figure, show_image, tile
+from .plots import RIGHT, WRONG, denormalize, minmax, new_figure, save_figure, show_image, suptitle, tile
 
 logger = logging.getLogger(__name__)
 
@@ -196,16 +196,17 @@ def filters_figure(conv_name: str, conv: nn.Conv2d, activations: torch.Tensor, i
     show_image(axes[0, 2], tile([minmax(m.numpy()) for m in maps], cols), "their activation maps", cmap="viridis")
     for ax in axes[0]:
         ax.title.set_fontsize(8)
-    fig.suptitle(f"First-layer filters {tuple(conv.weight.shape)} and what they respond to", fontsize=9)
+    suptitle(fig, f"First-layer filters {tuple(conv.weight.shape)} and what they respond to", fontsize=9)
     return fig
 
 
 def guided_backprop_figure(attrs: torch.Tensor, neurons: list[tuple[int, int, int]], layer: str, title: str):
     """One row per neuron (a 10x1 grid for 10 neurons)."""
-    fig, axes = new_figure(len(neurons), 1, cell=(2.4, 2.2))
+    wrapped = textwrap.fill(title, 42)
+    fig, axes = new_figure(len(neurons), 1, cell=(2.4, 2.2), title_space=0.25 + 0.16 * (wrapped.count("\n") + 1))
     for ax, attr, (c, y, x) in zip(axes[:, 0], attrs, neurons, strict=True):
         show_image(ax, _gradient_image(attr), f"{layer} channel {c} at ({y},{x})")
-    fig.suptitle(textwrap.fill(title, 42), fontsize=8)
+    suptitle(fig, wrapped, fontsize=8)
     return fig
 
 
@@ -222,7 +223,7 @@ def overlay_figure(images: np.ndarray, maps: torch.Tensor, titles: list[str], co
         show_image(ax, images[i], titles[i], color=colors[i])
         heat = maps[i, 0].float().cpu().clamp(min=0).numpy()  # scaled by its max, not min-max: no noise blow-up
         ax.imshow(heat / heat.max() if heat.max() > 0 else heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    fig.suptitle(title, fontsize=9)
+    suptitle(fig, title, fontsize=9)
     return fig
 
 

@@ -26,6 +26,8 @@ def new_figure(
 
     Fixed margins rather than constrained layout: the layout solver costs seconds on grids of dozens of axes.
     """
+    axes_titles = 0.3  # the two-line titles above the first row of axes sit below the suptitle
+    title_space += axes_titles
     width, height = max(1.0, ncols * cell[0]), max(1.0, nrows * cell[1]) + title_space
     fig = Figure(figsize=(width, height))
     axes = fig.subplots(
@@ -95,3 +97,9 @@ def minmax(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float32)
     lo, hi = float(a.min()), float(a.max())
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def suptitle(fig: Figure, text: str, **kwargs) -> None:
+    """A figure title pinned 0.05 inch below the top edge (matplotlib's default y is a fraction: on tall grids it
+    drifts down into the first row's titles)."""
+    fig.suptitle(text, y=1 - 0.05 / fig.get_figheight(), va="top", **kwargs)

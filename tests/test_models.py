@@ -137,7 +137,7 @@ def test_model_forward_features(model_name):
     outputs = model(torch.randn(1, *size))
     assert len(outputs) == 5
     assert model.feature_info.reduction() == [2, 4, 8, 16, 32]
-    for out, chs, red in zip(outputs, model.feature_info.channels(), model.feature_info.reduction()):
+    for out, chs, red in zip(outputs, model.feature_info.channels(), model.feature_info.reduction(), strict=True):
         assert out.shape[1] == chs
         assert out.shape[-1] == size[-1] // red
 

@@ -46,7 +46,7 @@ def resolve_filters(filters: int | Sequence[int], filter_org: str = "same") -> l
         raise ValueError(f"filter_org must be one of {', '.join(FILTER_ORGS)}, got {filter_org!r}")
     if not isinstance(filters, int):
         if filter_org != "same":
-            raise ValueError("filter_org only applies when filters is a single int; give 5 counts or filter_org='same'")
+            raise ValueError("filter_org only applies to a single int filters; give 5 counts or filter_org='same'")
         counts = _as_five(filters, "filters")
     elif filter_org == "double":
         counts = [filters * 2**i for i in range(NUM_BLOCKS)]
@@ -232,7 +232,7 @@ class FlexibleCNN(nn.Module):
 
         stages = []
         prev_chs = in_chans
-        for i, (out_chs, k) in enumerate(zip(chs, kernels)):
+        for i, (out_chs, k) in enumerate(zip(chs, kernels, strict=True)):
             stages.append(ConvBlock(prev_chs, out_chs, k, act, batch_norm, conv_drop_rate, **dd))
             prev_chs = out_chs
             self.feature_info.append(dict(num_chs=out_chs, reduction=2 ** (i + 1), module=f"stages.{i}"))
