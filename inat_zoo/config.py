@@ -355,20 +355,26 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_dotted_key(recipe: dict, key: str, value: Any, context: str) -> None:
+    """``recipe["a"]["b"] = value`` for ``key="a.b"``, creating sections; ``context`` starts the error message."""
+    parts = key.split(".")
+    node = recipe
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise UsageError(f"{context}: {'.'.join(parts[: i + 1])!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_overrides(recipe: dict, overrides: Sequence[str]) -> dict:
     """Set dotted keys in a copy of ``recipe``; unknown keys are caught by :func:`validate_recipe` afterwards."""
     recipe = copy.deepcopy(recipe)
     for text in overrides:
         parts, value = parse_override(text)
-        node = recipe
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise UsageError(f"override {text!r}: {'.'.join(parts[: i + 1])!r} is not a section")
-            node = child
-        node[parts[-1]] = value
+        set_dotted_key(recipe, ".".join(parts), value, f"override {text!r}")
     return recipe
 
 

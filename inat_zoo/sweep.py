@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
-from .config import apply_overrides, load_recipe, parse_override, read_recipe_file, validate_recipe
+from .config import apply_overrides, load_recipe, parse_override, read_recipe_file, set_dotted_key, validate_recipe
 from .errors import UsageError
 
 SWEEP_KEYS = (
@@ -346,16 +346,7 @@ def suggest_all(trial: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str,
 
 # ------------------------------------------------------------------------------------------------- recipes
 def _set_dotted(recipe: dict, key: str, value: Any) -> None:
-    node = recipe
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            raise UsageError(f"parameter {key!r}: recipe key {'.'.join(parts[: i + 1])!r} is not a section")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
+    set_dotted_key(recipe, key, copy.deepcopy(value), f"parameter {key!r}: recipe key")
 
 
 def trial_recipe(

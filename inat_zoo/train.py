@@ -271,19 +271,15 @@ class _Trainer:
             num_workers=nw,
             pin_memory=pin,
         )
-        self.val_loader = _loader(
-            with_image_transform(dsdict["validation"], eval_tf, self.data_config),
-            eval_bs,
-            train=False,
-            num_workers=nw,
-            pin_memory=pin,
-        )
-        self.test_loader = _loader(
-            with_image_transform(dsdict["test"], eval_tf, self.data_config),
-            eval_bs,
-            train=False,
-            num_workers=nw,
-            pin_memory=pin,
+        self.val_loader, self.test_loader = (
+            _loader(
+                with_image_transform(dsdict[split], eval_tf, self.data_config),
+                eval_bs,
+                train=False,
+                num_workers=nw,
+                pin_memory=pin,
+            )
+            for split in ("validation", "test")
         )
 
         self.cached = self._feature_cache_wanted()
