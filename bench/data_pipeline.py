@@ -5,7 +5,9 @@ as in nature_12K) in a temporary folder, then measures images/s through a DataLo
 the figure is per-core work) of:
 
 - baseline: ``torchvision.datasets.ImageFolder`` (full PIL decode) + the timm train transform;
-- no_cache: ``load_inat12k`` + ``with_image_transform`` (draft decode) + the same transform;
+- no_cache: ``load_inat12k`` + ``with_image_transform`` + the same transform, its random resized crop fused with
+  decoding (crop drawn on the header size, JPEG decoded at the smallest DCT scale that still covers the output,
+  torch's uint8 antialiased resize) and its ToTensor/Normalize run once per batch;
 - cached:   ``prepare_dataset`` (one-time resized copy in the Arrow cache, not timed per epoch) + the same.
 
 The three are interleaved over several rounds and each keeps its best round, so machine noise hits all alike.

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
+import random
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms as T
 
 from inat_zoo.data import AUGMENT_DEFAULTS, create_image_transform, load_inat12k, with_image_transform
 from inat_zoo.data.batched import BatchedTransform
+from inat_zoo.data.crop_decode import FusedRandomResizedCrop, draft_scale
 from inat_zoo.data.transforms import decode_image, decode_short_side, validate_augment
 from inat_zoo.errors import UsageError
 
@@ -219,3 +222,129 @@ def test_unsupported_tails_fall_back_to_per_image():
     assert BatchedTransform.from_transform(T.Compose([T.ToTensor(), T.Normalize((0.5,), (0.5,))])) is None
     odd_tail = T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3), T.RandomHorizontalFlip()])
     assert BatchedTransform.from_transform(odd_tail) is None
+
+
+# ------------------------------------------------------------------------------ crop fused with decoding
+def _textured(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Smooth colour field + texture: a wrong crop box or a missed flip changes it by far more than resampling."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray((rng.random((5, 7, 3)) * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC)
+    noise = rng.normal(0, 12, (height, width, 1))
+    return Image.fromarray(np.clip(np.asarray(coarse, np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def _levels(a: torch.Tensor | Image.Image, b: torch.Tensor | Image.Image) -> np.ndarray:
+    as_hwc = lambda x: np.asarray(x, np.float32) if isinstance(x, Image.Image) else x.permute(1, 2, 0).numpy()  # noqa: E731
+    return np.abs(as_hwc(a).astype(np.float32) - as_hwc(b).astype(np.float32))
+
+
+def test_draft_scale_is_the_largest_reduction_that_still_covers_the_output():
+    assert draft_scale(800, 600, 224, 224) == 2
+    assert draft_scale(447, 600, 224, 224) == 1  # 447 / 2 < 224: a reduced decode would be upsampled
+    assert draft_scale(900, 900, 224, 224) == 4
+    assert draft_scale(1800, 1800, 224, 224) == 8
+    assert draft_scale(1800, 300, 224, 224) == 1
+    assert draft_scale(64, 64, 32, 32) == 2 and draft_scale(64, 64, 32, 48) == 1  # (w, h) vs (out_w, out_h)
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "random"])
+def test_fused_crop_draws_timm_params_and_matches_timm_output(interpolation):
+    """A lossless file (no draft): same crop box, same interpolation choice, same RNG use; pixels within resampling."""
+    step = RandomResizedCropAndInterpolation((24, 32), interpolation=interpolation)
+    fused = FusedRandomResizedCrop.from_step(step)
+    assert fused is not None
+    img = _textured(120, 90)
+    value = {"bytes": _encode(img, "PNG"), "path": None}
+    worst = []
+    for seed in range(12):
+        random.seed(seed)
+        reference = step(img)
+        after_reference = random.random()
+        random.seed(seed)
+        ours = fused(value)
+        assert random.random() == after_reference  # exactly timm's number of draws
+        assert ours.dtype == torch.uint8 and ours.shape == (3, 24, 32)
+        worst.append(_levels(ours, reference).max())
+    assert max(worst) <= 3  # torch's uint8 antialiased kernels vs PIL's: rounding only
+    random.seed(100)
+    far = _levels(fused(value), reference)
+    assert far.mean() > 5  # another seed, another crop: the comparison above can fail
+
+
+def test_fused_crop_decodes_big_crops_at_reduced_scale(tmp_path):
+    path = tmp_path / "photo.jpg"
+    _textured(800, 600).save(path, quality=92)
+    full = decode_image(str(path))
+    big = RandomResizedCropAndInterpolation(64, scale=(0.9, 1.0), interpolation="bicubic")
+    small = RandomResizedCropAndInterpolation(224, scale=(0.08, 0.1), interpolation="bicubic")
+    for step, expected_scale in ((big, 8), (small, 1)):
+        fused = FusedRandomResizedCrop.from_step(step)
+        for seed in range(3):
+            random.seed(seed)
+            i, j, h, w = step.get_params(full, step.scale, step.ratio)
+            random.seed(seed)
+            region, mode, scale = fused.decode_crop(str(path))
+            assert scale == expected_scale and mode == "bicubic"
+            assert abs(region.size[0] - w / scale) <= 1 and abs(region.size[1] - h / scale) <= 1
+            random.seed(seed)
+            reference = step(full)
+            random.seed(seed)
+            matched = _levels(fused(str(path)), reference).mean()
+            assert matched < (3.0 if scale > 1 else 0.1)  # DCT reduction at 1/8; else resampling rounding only
+        assert _levels(fused(str(path)), reference).mean() > 2 * matched  # unseeded: another crop, far off
+
+
+def test_fused_crop_handles_exif_rotation_and_odd_modes():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display: the 40x20 file is a 20x40 portrait
+    value = {"bytes": _encode(_two_tone(), "JPEG", quality=95, exif=exif), "path": None}
+    whole = FusedRandomResizedCrop.from_step(
+        RandomResizedCropAndInterpolation((32, 16), scale=(1.0, 1.0), ratio=(0.5, 0.5))
+    )
+    out = whole(value).permute(1, 2, 0).numpy()
+    assert out[3, 8, 0] > 200 and out[3, 8, 2] < 60  # red on top after the turn
+    assert out[28, 8, 2] > 200 and out[28, 8, 0] < 60
+
+    fused = FusedRandomResizedCrop.from_step(RandomResizedCropAndInterpolation(8))
+    sixteen = Image.fromarray(np.full((12, 12), 32896, np.uint16))
+    rgba = Image.new("RGBA", (12, 12), (0, 0, 0, 0))
+    for img, rgb in ((sixteen, 128), (rgba, 255), (Image.new("L", (12, 12), 77), 77)):
+        out = fused({"bytes": _encode(img, "PNG"), "path": None})
+        assert out.shape == (3, 8, 8) and out.unique().tolist() == [rgb]
+    assert FusedRandomResizedCrop.from_step(RandomResizedCropAndInterpolation(8, interpolation="nearest")) is None
+    assert FusedRandomResizedCrop.from_step(T.RandomResizedCrop(8)) is None
+
+
+def test_dataset_train_items_use_the_fused_crop_and_match_timm(splits):
+    transform = create_image_transform({**CONFIG, "interpolation": "bicubic"}, is_training=True)
+    ds = with_image_transform(splits["train"], transform, CONFIG)
+    assert ds._format_kwargs["transform"].batched.crop is not None
+    raw = splits["train"].cast_column("image", __import__("datasets").Image(decode=False))
+    random.seed(3)
+    torch.manual_seed(3)
+    ours = ds[:16]["pixel_values"]
+    random.seed(3)
+    torch.manual_seed(3)
+    reference = [transform(decode_image(raw[i]["image"])) for i in range(16)]
+    levels = torch.stack([(a - b).abs() for a, b in zip(ours, reference, strict=True)]) * 0.229 * 255
+    assert levels.mean() < 2.0  # tiny 40-72 px JPEGs: draft decodes of big crops, resampling
+    random.seed(3)
+    torch.manual_seed(3)
+    assert all(torch.equal(a, b) for a, b in zip(ds[:16]["pixel_values"], ours, strict=True))  # deterministic
+    assert (torch.stack(ds[:16]["pixel_values"]) - torch.stack(ours)).abs().mean() > 0.1  # no reseed: new crops
+
+
+def test_steps_after_the_fused_crop_run_on_its_output():
+    config = {**CONFIG, "interpolation": "bicubic"}
+    transform = create_image_transform(config, True, {"vflip": 1.0, "hflip": 1.0, "auto_augment": "rand-m9"})
+    batched = BatchedTransform.from_transform(transform)
+    assert batched.crop is not None and "RandAugment" in [type(s).__name__ for s in batched.head]
+    values = [{"bytes": _encode(_textured(60, 44, seed), "JPEG", quality=90), "path": None} for seed in range(3)]
+    out = batched.from_values(values)
+    assert len(out) == 3 and all(x.shape == (3, 32, 32) and x.dtype == torch.float32 for x in out)
+
+    flips = create_image_transform(config, True, {"vflip": 1.0, "hflip": 1.0, "scale": [1.0, 1.0], "ratio": [1, 1]})
+    square = _textured(40, 40)
+    flipped = BatchedTransform.from_transform(flips).from_values([{"bytes": _encode(square, "PNG"), "path": None}])
+    expected = flips.transforms[-1](flips.transforms[-2](square.rotate(180).resize((32, 32), Image.BICUBIC)))
+    assert (flipped[0] - expected).abs().max() * 0.229 * 255 <= 3  # both flips applied, within resampling

@@ -13,6 +13,11 @@ RandAugment, ...) per image and replaces the tail with a batch-wise equivalent:
 
 Any other tail (or a transform that is not a ``Compose``) is not split: :meth:`BatchedTransform.from_transform`
 returns ``None`` and the caller applies the transform per image.
+
+When the head starts with timm's RandomResizedCrop (every timm training transform), :attr:`BatchedTransform.crop`
+fuses it with decoding (:mod:`inat_zoo.data.crop_decode`) and :meth:`BatchedTransform.from_values` runs the whole
+pipeline from the undecoded dataset values; flips then run on the uint8 tensor (torchvision's flips take tensors
+and draw the same torch random numbers), any other PIL step on a PIL image of the crop.
 """
 
 from __future__ import annotations
@@ -84,6 +89,11 @@ class BatchedTransform:
         self.mean = mean
         self.std = std
         self.erasing = erasing
+        self.crop = None
+        if self.head:
+            from .crop_decode import FusedRandomResizedCrop
+
+            self.crop = FusedRandomResizedCrop.from_step(self.head[0])
 
     @classmethod
     def from_transform(cls, transform: Any) -> BatchedTransform | None:
@@ -126,6 +136,36 @@ class BatchedTransform:
         if self.erasing is not None:
             x = self.erasing(x)
         return x
+
+    def _after_crop(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's steps after the fused crop, on a uint8 (3, H, W) crop; returns uint8 (H, W, 3)."""
+        import numpy as np
+        import torch
+        from PIL import Image
+        from torchvision import transforms as T
+
+        img = None
+        for step in self.head[1:]:
+            if img is None and type(step) in (T.RandomHorizontalFlip, T.RandomVerticalFlip):  # same RNG on tensors
+                x = step(x)
+                continue
+            if img is None:
+                img = Image.fromarray(x.permute(1, 2, 0).numpy())
+            img = step(img)
+        if img is None:
+            return x.permute(1, 2, 0)
+        return torch.from_numpy(np.array(img if img.mode == "RGB" else img.convert("RGB")))
+
+    def from_values(self, values: Sequence[Any]) -> list[torch.Tensor]:
+        """The whole transform from undecoded ``datasets`` image values, the crop fused with decoding."""
+        import torch
+
+        if self.crop is None:
+            raise ValueError("this transform does not start with timm's RandomResizedCrop; decode and call it")
+        crops = [self._after_crop(self.crop(value)) for value in values]
+        if len({c.shape for c in crops}) == 1:
+            return list(self.tail(torch.stack(crops)).unbind(0))
+        return [self.tail(c[None])[0] for c in crops]
 
     def __call__(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         import numpy as np

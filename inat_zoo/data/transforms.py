@@ -222,8 +222,9 @@ class ImageBatchTransform:
 
     A timm transform is split by :class:`~inat_zoo.data.batched.BatchedTransform`: PIL steps per image, the
     ColorJitter/ToTensor/Normalize/RandomErasing tail once per batch (a DataLoader hands datasets whole batches via
-    ``__getitems__``). Any other callable is applied per image. A plain module-level class, so the dataset stays
-    picklable for DataLoader workers.
+    ``__getitems__``). A training transform's RandomResizedCrop is fused with decoding (the JPEG is decoded at the
+    smallest scale its crop allows; see :mod:`inat_zoo.data.crop_decode`). Any other callable is applied per image.
+    A plain module-level class, so the dataset stays picklable for DataLoader workers.
     """
 
     def __init__(self, transform: Callable[[PILImage.Image], torch.Tensor], min_side: int | None) -> None:
@@ -234,6 +235,8 @@ class ImageBatchTransform:
         self.batched = BatchedTransform.from_transform(transform)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if self.batched is not None and self.batched.crop is not None:
+            return {"pixel_values": self.batched.from_values(batch["image"]), "label": batch["label"]}
         images = [decode_image(value, self.min_side) for value in batch["image"]]
         if self.batched is not None:
             pixels = self.batched(images)
