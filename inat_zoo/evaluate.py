@@ -341,6 +341,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise UsageError(f"--num-workers must be 0 or more, got {args.num_workers}")
     metrics = evaluate(
         args.model,
         args.data_root,

@@ -96,7 +96,10 @@ def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
         # OSError covers missing files and every network/offline error of huggingface_hub and urllib;
         # RuntimeError: timm's "no pretrained weights" and state-dict mismatches; ValueError/KeyError: bad config.
         raise UsageError(f"cannot load model {ref}: {_one_line(e)}") from e
-    model.eval().to(device)
+    try:
+        model.eval().to(device)
+    except (RuntimeError, AssertionError) as e:  # a malformed device string, or cuda in a CPU-only torch
+        raise UsageError(f"cannot use device {str(device)!r}: {_one_line(e)}") from e
     return LoadedModel(
         model=model,
         data_config=timm.data.resolve_model_data_config(model),

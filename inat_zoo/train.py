@@ -94,15 +94,16 @@ def check_run_directory(recipe: dict) -> Path | None:
             "pass resume=true to continue it or choose another output_dir"
         )
     saved = out / "recipe.yaml"
-    if saved.is_file():
-        import yaml
+    if not saved.is_file():  # the trainer writes recipe.yaml first: without it this folder is not a run
+        raise UsageError(f"cannot resume {str(out)!r}: it holds no recipe.yaml, so it is not a run directory")
+    import yaml
 
-        old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-        changed = _recipe_differences(old, recipe)
-        if changed:
-            raise UsageError(
-                f"cannot resume {str(out)!r}: the recipe differs from its recipe.yaml in {', '.join(changed)}"
-            )
+    old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    changed = _recipe_differences(old, recipe)
+    if changed:
+        raise UsageError(
+            f"cannot resume {str(out)!r}: the recipe differs from its recipe.yaml in {', '.join(changed)}"
+        )
     checkpoints = complete_checkpoints(out)
     return checkpoints[-1] if checkpoints else None
 
@@ -301,6 +302,9 @@ class _Trainer:
             from timm.utils import ModelEmaV3
 
             decay = 0.9998 if self.t["ema"] is True else float(self.t["ema"])
+            # the copy stays where the model is when it is made: move the model first, or the EMA (and evaluation
+            # with it) would live on the CPU while prepare() puts the model on the accelerator
+            self.core.to(acc.device)
             self.ema = ModelEmaV3(self.core, decay=decay, use_warmup=True)
             acc.register_for_checkpointing(self.ema)
 

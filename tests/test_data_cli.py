@@ -46,7 +46,7 @@ def test_sample_then_prepare(tmp_path, capsys):
     assert all(re.fullmatch(r"[0-9a-f]{32}\.jpg", p.name) for p in root.glob("*/*/*"))
     assert main(["data", "sample", "--root", str(root)]) == 2  # never overwrites
     assert "already exists" in capsys.readouterr().err
-    code = main(["data", "prepare", str(root), "--image-size", "24", "--val-fraction", "0.34", "--format", "jpeg"])
+    code = main(["data", "prepare", str(root), "--image-size", "24", "--val-fraction", "0.34"])
     assert code == 0
     out = capsys.readouterr().out
     assert "short side 28 px" in out and "train: 19, validation: 11, test: 10" in out

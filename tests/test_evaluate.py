@@ -135,6 +135,8 @@ def test_cli_errors_are_one_line(run, tmp_path, capsys):
     assert main(["evaluate", str(run), "--out", str(foreign)]) == 2
     assert "holds other files (notes.txt)" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "keep me"
+    assert main(["evaluate", str(run), "--num-workers", "-1"]) == 2
+    assert "--num-workers must be 0 or more" in capsys.readouterr().err
 
 
 def test_wandb_offline_logging(run, tmp_path, monkeypatch, sample_root):

@@ -87,3 +87,9 @@ def test_unloadable_models_are_usage_errors():
     # HF_HUB_OFFLINE=1 (conftest): a repo that is not in the cache fails at once, without network
     with pytest.raises(UsageError, match="cannot load model hf-hub:nobody/nothing"):
         load_model("hf-hub:nobody/nothing")
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:99"])
+def test_unusable_device_is_a_usage_error(run, device):
+    with pytest.raises(UsageError, match=f"cannot use device '{device}'"):
+        load_model(str(run), device=device)

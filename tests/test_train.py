@@ -99,6 +99,15 @@ def test_existing_run_is_never_overwritten(baseline):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
+def test_resume_refuses_a_folder_that_is_not_a_run(sample_root, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="holds no recipe.yaml, so it is not a run directory"):
+        train(tiny_recipe(sample_root, out, resume=True))
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
+
+
 @pytest.mark.parametrize(
     "change, fragment",
     [

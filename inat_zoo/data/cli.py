@@ -27,12 +27,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--max-side", type=int, default=160)
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("prepare", help="cache a resized copy of ROOT in the datasets Arrow cache (faster epochs)")
+    p = sub.add_parser(
+        "prepare",
+        help="cache a resized copy of ROOT in the datasets Arrow cache (faster epochs); a recipe with"
+        " data.prepared_cache: true and the same image size, val_fraction and seed reuses it",
+    )
     p.add_argument("root", metavar="ROOT", help="folder with train/ and val/ (or a Hub dataset id)")
     p.add_argument("--image-size", type=int, required=True, help="training image size; stored short side ~1.14x")
     p.add_argument("--val-fraction", type=float, default=0.2, help="as the recipe's data.val_fraction")
     p.add_argument("--seed", type=int, default=42, help="as the recipe's seed (the validation split depends on it)")
-    p.add_argument("--format", dest="image_format", choices=("raw", "jpeg"), default="raw")
     p.add_argument("--num-proc", type=int, default=None)
 
     p = sub.add_parser("check", help="report image counts and unreadable files of ROOT")
@@ -76,9 +79,9 @@ def _prepare(args: argparse.Namespace) -> int:
         raise UsageError(f"--image-size must be at least 8, got {args.image_size}")
     dsdict = load_inat12k(args.root, val_fraction=args.val_fraction, seed=args.seed)
     short_side = short_side_for(args.image_size)
-    prepared = prepare_dataset(dsdict, short_side, args.num_proc, image_format=args.image_format)
+    prepared = prepare_dataset(dsdict, short_side, args.num_proc)
     sizes = ", ".join(f"{name}: {len(split)}" for name, split in prepared.items())
-    print(f"prepared {args.root} at short side {short_side} px ({args.image_format}; {sizes})")
+    print(f"prepared {args.root} at short side {short_side} px ({sizes})")
     return 0
 
 
