@@ -327,7 +327,8 @@ class _Trainer:
 
     # ------------------------------------------------------------------------------------- head feature cache
     def _feature_cache_wanted(self) -> bool:
-        """``auto``: for freeze=head when the model allows the cut and nothing needs the full model in the loop."""
+        """``auto``: for freeze=head when the model allows the cut, nothing needs the full model in the loop and the
+        recipe asks for no augmentation of its own (``data.augment``)."""
         from .feature_cache import why_no_feature_cache
 
         setting = self.t["head_feature_cache"]
@@ -340,6 +341,9 @@ class _Trainer:
             reason = "train.ema averages the whole model"
         if reason is None and self.recipe["model"]["unfreeze"]:
             reason = "model.unfreeze changes the frozen part"
+        if reason is None and self.recipe["data"]["augment"]:
+            # the recipe asks for augmentation that fixed features of the evaluation view cannot give
+            reason = f"data.augment sets {', '.join(sorted(self.recipe['data']['augment']))}"
         if reason is not None:
             if setting is True:
                 raise UsageError(f"train.head_feature_cache=true is not possible: {reason}")

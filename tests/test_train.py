@@ -231,6 +231,20 @@ def test_head_strategy_trains_on_cached_features_with_wandb_offline(sample_root,
         train(tiny_recipe(sample_root, tmp_path / "other", train={"head_feature_cache": True}))
 
 
+def test_head_feature_cache_auto_steps_aside_for_requested_augmentation(sample_root, tmp_path, capsys):
+    augment = {"color_jitter": 0.4}
+    recipe = tiny_recipe(sample_root, tmp_path / "run", model={"freeze": "head"}, data={"augment": augment})
+    recipe["train"]["epochs"] = 1
+    train(recipe)
+    out = capsys.readouterr().out
+    assert "head feature cache off: data.augment sets color_jitter" in out
+    assert "head feature cache:" not in out.replace("head feature cache off", "")
+    recipe = tiny_recipe(sample_root, tmp_path / "forced", model={"freeze": "head"}, data={"augment": augment})
+    recipe["train"]["head_feature_cache"] = True
+    with pytest.raises(UsageError, match="head_feature_cache=true is not possible: data.augment sets color_jitter"):
+        train(recipe)
+
+
 def test_only_committed_checkpoints_are_trusted(tmp_path):
     folder = tmp_path / "checkpoints"
     for name, complete in [("checkpoint_6", True), ("checkpoint_12", False), (".checkpoint_18.partial", True)]:
