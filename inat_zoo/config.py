@@ -378,19 +378,24 @@ def apply_overrides(recipe: dict, overrides: Sequence[str]) -> dict:
     return recipe
 
 
-def read_recipe_file(path: str | os.PathLike) -> dict:
+def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str) -> dict:
+    """The mapping in a YAML file (``{}`` when empty); ``what`` ("recipe file") and ``expected`` name it in errors."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"recipe file {str(path)!r} does not exist")
+        raise UsageError(f"{what} {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise UsageError(f"recipe file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UsageError(f"recipe file {str(path)!r} must hold a mapping of sections, got {_type_name(data)}")
+        raise UsageError(f"{what} {str(path)!r} must hold {expected}, got {_type_name(data)}")
     return data
+
+
+def read_recipe_file(path: str | os.PathLike) -> dict:
+    return read_yaml_mapping(path, "recipe file", "a mapping of sections")
 
 
 def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:

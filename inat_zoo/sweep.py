@@ -32,7 +32,15 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
-from .config import apply_overrides, load_recipe, parse_override, read_recipe_file, set_dotted_key, validate_recipe
+from .config import (
+    apply_overrides,
+    load_recipe,
+    parse_override,
+    read_recipe_file,
+    read_yaml_mapping,
+    set_dotted_key,
+    validate_recipe,
+)
 from .errors import UsageError
 
 SWEEP_KEYS = (
@@ -209,14 +217,7 @@ def _resolve_recipe(raw: dict, sweep_path: Path, recipe: str | os.PathLike | Non
 def load_sweep(path: str | os.PathLike, recipe: str | os.PathLike | None = None) -> Sweep:
     """Read and check a sweep file (W&B format + ``recipe:``); every mistake raises :class:`UsageError`."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"sweep file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UsageError(f"sweep file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"sweep file {str(path)!r} must hold a mapping (W&B sweep format)")
+    raw = read_yaml_mapping(path, "sweep file", "a mapping (W&B sweep format)")
     for key in raw:
         if key not in SWEEP_KEYS:
             raise UsageError(f"sweep file {str(path)!r}: unknown key {key!r}; allowed keys: {', '.join(SWEEP_KEYS)}")

@@ -17,12 +17,10 @@ Images with an EXIF rotation, already decoded PIL images and modes whose RGB con
 
 from __future__ import annotations
 
-import io
-import os
 import random
 from typing import TYPE_CHECKING, Any
 
-from .transforms import decode_image, to_rgb
+from .transforms import decode_image, open_image, to_rgb
 
 if TYPE_CHECKING:
     import torch
@@ -44,26 +42,6 @@ def draft_scale(box_w: float, box_h: float, out_w: int, out_h: int) -> int:
 def _interp_name(mode: Any) -> str | None:
     name = getattr(mode, "value", mode)
     return _TORCH_MODES.get(name) if isinstance(name, str) else None
-
-
-def _open_lazy(value: Any) -> PILImage.Image | None:
-    """The un-decoded image behind a ``datasets`` value, or ``None`` when it is already a PIL image."""
-    from PIL import Image
-
-    if isinstance(value, Image.Image):
-        return None
-    if isinstance(value, dict):
-        data, path = value.get("bytes"), value.get("path")
-        source = io.BytesIO(data) if data else path
-    elif isinstance(value, (bytes, bytearray)):
-        source = io.BytesIO(value)
-    elif isinstance(value, (str, os.PathLike)):
-        source = value
-    else:
-        raise TypeError(f"cannot decode an image from {type(value).__name__}")
-    if source is None:
-        raise ValueError("image value has neither bytes nor path")
-    return Image.open(source)
 
 
 class FusedRandomResizedCrop:
@@ -99,7 +77,7 @@ class FusedRandomResizedCrop:
 
     def decode_crop(self, value: Any) -> tuple[PILImage.Image, str, int]:
         """The RGB crop region (at the decode scale), the interpolation to resize it with, and the scale used."""
-        img = _open_lazy(value)
+        img = open_image(value)
         lazy_ok = img is not None and (img.format == "JPEG" or img.mode in _PLAIN_MODES)
         if not lazy_ok or img.getexif().get(0x0112, 1) != 1:
             full = decode_image(value)  # decoded, rotated or an odd mode: the whole image, upright, RGB first

@@ -183,34 +183,44 @@ def to_rgb(img: PILImage.Image) -> PILImage.Image:
     return img.convert("RGB")
 
 
+def open_image(value: Any) -> PILImage.Image | None:
+    """The not-yet-decoded image behind a ``datasets`` value (``{"bytes", "path"}``, a path or bytes): Pillow has
+    read the header only, so size and format are known and ``draft`` still applies. ``None`` for a PIL image."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return None
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        source = io.BytesIO(data) if data else path
+    elif isinstance(value, (bytes, bytearray)):
+        source = io.BytesIO(value)
+    elif isinstance(value, (str, os.PathLike)):
+        source = value
+    else:
+        raise TypeError(f"cannot decode an image from {type(value).__name__}")
+    if source is None:
+        raise ValueError("image value has neither bytes nor path")
+    return Image.open(source)
+
+
 def decode_image(value: Any, min_side: int | None = None) -> PILImage.Image:
     """Open a ``datasets`` image value (``{"bytes", "path"}``, a path, bytes or a PIL image) as an upright RGB image.
 
     With ``min_side``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose sides both stay
     >= ``min_side``; the transforms then resize anyway, so the result matches a full decode closely, for less time.
     """
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
-    if isinstance(value, Image.Image):
+    img = open_image(value)
+    if img is None:
         img = value
     else:
-        if isinstance(value, dict):
-            data, path = value.get("bytes"), value.get("path")
-            source = io.BytesIO(data) if data else path
-        elif isinstance(value, (bytes, bytearray)):
-            source = io.BytesIO(value)
-        elif isinstance(value, (str, os.PathLike)):
-            source = value
-        else:
-            raise TypeError(f"cannot decode an image from {type(value).__name__}")
-        if source is None:
-            raise ValueError("image value has neither bytes nor path")
-        img = Image.open(source)
         if min_side and img.format == "JPEG":
             img.draft("RGB", (min_side, min_side))
         img.load()
     if img.getexif().get(0x0112, 1) != 1:  # EXIF Orientation
-        if not isinstance(value, Image.Image):
+        if img is not value:  # our own freshly opened image: rotate in place; never mutate the caller's
             ImageOps.exif_transpose(img, in_place=True)
         else:
             img = ImageOps.exif_transpose(img)
