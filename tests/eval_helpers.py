@@ -7,12 +7,9 @@ memoised per (sample root, spec), so every test module shares them within a sess
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import timm
 import torch
 import yaml
@@ -23,24 +20,6 @@ from inat_zoo.export import save_model_folder
 
 IMG = 64
 _RUNS: dict[tuple, Path] = {}
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on the shared 2-core machine two OpenMP threads run these tiny models ~3x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Autouse in the modules that import it."""
-    with one_thread():
-        yield
 
 
 def class_names(sample_root: Path) -> list[str]:
@@ -68,10 +47,8 @@ def make_run(
     """A run directory (model/ + recipe.yaml + metrics.json) whose data.root is ``sample_root``."""
     key = (str(sample_root), model_name, steps, repr(sorted(model_args.items())))
     if key not in _RUNS:
-        with one_thread():
-            _RUNS[key] = _train_and_save(
-                base / f"run_{model_name}_{len(_RUNS)}", sample_root, model_name, steps, model_args
-            )
+        run = base / f"run_{model_name}_{len(_RUNS)}"
+        _RUNS[key] = _train_and_save(run, sample_root, model_name, steps, model_args)
     return _RUNS[key]
 
 

@@ -14,12 +14,11 @@ from inat_zoo.cli import main
 from inat_zoo.errors import UsageError
 from inat_zoo.evaluate import compute_metrics, evaluate
 
-from .eval_helpers import (  # noqa: F401  (one_torch_thread is autouse)
+from .eval_helpers import (
     class_names,
     image_files,
     load_pil,
     make_run,
-    one_torch_thread,
     pixel_std,
     timm_eval_transform,
 )

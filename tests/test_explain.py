@@ -22,7 +22,7 @@ from inat_zoo.explain import (
     top_neurons,
 )
 
-from .eval_helpers import make_run, one_torch_thread, pixel_std  # noqa: F401  (one_torch_thread is autouse)
+from .eval_helpers import make_run, pixel_std
 
 
 @pytest.fixture(scope="module")

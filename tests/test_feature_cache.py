@@ -26,15 +26,6 @@ from inat_zoo.freeze import apply_freeze, trainable_parameters
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads per process run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The sample split as tensors under a timm evaluation transform (the transform the cache is meant for)."""
     transform = timm.data.create_transform(input_size=(3, SIZE, SIZE), crop_pct=1.0, interpolation="bilinear")

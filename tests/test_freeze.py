@@ -34,15 +34,6 @@ def _pristine(name: str, **kwargs) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads per process run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _resnet18() -> nn.Module:
     return copy.deepcopy(_pristine("resnet18"))  # a copy is much cheaper than initialising 11M weights again
 

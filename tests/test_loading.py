@@ -10,7 +10,7 @@ from timm.models import save_for_hf
 from inat_zoo.errors import UsageError
 from inat_zoo.loading import load_model, read_run_recipe, resolve_model_ref
 
-from .eval_helpers import class_names, make_run, one_torch_thread  # noqa: F401  (autouse)
+from .eval_helpers import class_names, make_run
 
 
 @pytest.fixture(scope="module")

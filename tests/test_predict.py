@@ -10,12 +10,11 @@ import torch
 from inat_zoo.cli import main
 from inat_zoo.predict import predict
 
-from .eval_helpers import (  # noqa: F401  (one_torch_thread is autouse)
+from .eval_helpers import (
     class_names,
     image_files,
     load_pil,
     make_run,
-    one_torch_thread,
     timm_eval_transform,
 )
 
