@@ -76,26 +76,26 @@ def pipeline_batches(loader):
 
 def build_loader(root: Path, images: int, batch_size: int, size: int, workers: int):
     import timm
-    import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from data_pipeline import write_folder
 
-    from inat_zoo.data import create_image_transform, load_inat12k, with_image_transform
+    from inat_zoo.data import create_image_loader, create_image_transform, load_inat12k
     from inat_zoo.data.transforms import resolve_data_config
 
     write_folder(root, images)
     data_config = resolve_data_config(timm.create_model("resnet50", pretrained=False), image_size=size)
     train = load_inat12k(root, val_fraction=0.1, seed=0)["train"]
-    dataset = with_image_transform(train, create_image_transform(data_config, is_training=True), data_config)
-    return torch.utils.data.DataLoader(
-        dataset,
+    transform = create_image_transform(data_config, is_training=True)
+    return create_image_loader(
+        train,
+        transform,
+        data_config,
         batch_size=batch_size,
         shuffle=True,
         drop_last=True,
         num_workers=workers,
         pin_memory=True,
-        persistent_workers=workers > 0,
     )
 
 

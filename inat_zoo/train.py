@@ -180,17 +180,29 @@ def _create_scheduler(optimizer, recipe: dict, updates_per_epoch: int):
     return scheduler
 
 
+def _loader_options(size: int, batch_size: int, train: bool) -> dict:
+    # a last batch of 1 breaks BatchNorm in train mode
+    return {"batch_size": batch_size, "shuffle": train, "drop_last": train and size > batch_size}
+
+
 def _loader(dataset, batch_size: int, *, train: bool, num_workers: int, pin_memory: bool):
     from torch.utils.data import DataLoader
 
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=train,
-        drop_last=train and len(dataset) > batch_size,  # a last batch of 1 breaks BatchNorm in train mode
+        **_loader_options(len(dataset), batch_size, train),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
+    )
+
+
+def _image_loader(split, transform, data_config, batch_size: int, *, train: bool, num_workers: int, pin_memory: bool):
+    from .data import create_image_loader
+
+    options = _loader_options(len(split), batch_size, train)
+    return create_image_loader(
+        split, transform, data_config, **options, num_workers=num_workers, pin_memory=pin_memory
     )
 
 
@@ -213,7 +225,7 @@ class _Trainer:
         from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
-        from .data import create_image_transform, load_inat12k, with_image_transform
+        from .data import create_image_transform, load_inat12k
 
         self.recipe = recipe
         self.t = recipe["train"]
@@ -265,20 +277,18 @@ class _Trainer:
         pin = torch.cuda.is_available()
         eval_bs = self.t["eval_batch_size"] or self.t["batch_size"]
         nw = d["num_workers"]
-        self.train_loader = _loader(
-            with_image_transform(dsdict["train"], train_tf, self.data_config),
+        self.train_loader = _image_loader(
+            dsdict["train"],
+            train_tf,
+            self.data_config,
             self.t["batch_size"],
             train=True,
             num_workers=nw,
             pin_memory=pin,
         )
         self.val_loader, self.test_loader = (
-            _loader(
-                with_image_transform(dsdict[split], eval_tf, self.data_config),
-                eval_bs,
-                train=False,
-                num_workers=nw,
-                pin_memory=pin,
+            _image_loader(
+                dsdict[split], eval_tf, self.data_config, eval_bs, train=False, num_workers=nw, pin_memory=pin
             )
             for split in ("validation", "test")
         )
@@ -356,7 +366,6 @@ class _Trainer:
 
         Training sees no augmentation on this path: the features of the evaluation view are fixed.
         """
-        from .data import with_image_transform
         from .feature_cache import FeatureCache
 
         acc = self.accelerator
@@ -366,12 +375,8 @@ class _Trainer:
         pin = acc.device.type == "cuda"
         features = {}
         for split in ("train", "validation", "test"):
-            images = _loader(
-                with_image_transform(dsdict[split], eval_tf, self.data_config),
-                eval_bs,
-                train=False,
-                num_workers=nw,
-                pin_memory=pin,
+            images = _image_loader(
+                dsdict[split], eval_tf, self.data_config, eval_bs, train=False, num_workers=nw, pin_memory=pin
             )
             # each rank extracts its shard; gather_for_metrics inside gives every rank the whole split
             features[split] = cache.get(split, acc.prepare_data_loader(images), acc, progress=self.is_main)

@@ -283,9 +283,9 @@ def test_fused_crop_decodes_big_crops_at_reduced_scale(tmp_path):
             random.seed(seed)
             i, j, h, w = step.get_params(full, step.scale, step.ratio)
             random.seed(seed)
-            region, mode, scale = fused.decode_crop(str(path))
-            assert scale == expected_scale and mode == "bicubic"
-            assert abs(region.size[0] - w / scale) <= 1 and abs(region.size[1] - h / scale) <= 1
+            region, mode, scale = fused.decode_region(str(path))
+            assert scale == expected_scale and mode == "bicubic" and region.dtype == np.uint8
+            assert abs(region.shape[1] - w / scale) <= 1 and abs(region.shape[0] - h / scale) <= 1
             random.seed(seed)
             reference = step(full)
             random.seed(seed)

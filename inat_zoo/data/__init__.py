@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .download import default_root, download_inat12k
     from .imagefolder import check_folder, load_inat12k
+    from .loader import create_image_loader
     from .prepare import prepare_dataset
     from .sample import write_sample
     from .transforms import AUGMENT_DEFAULTS, create_image_transform, with_image_transform
@@ -19,6 +20,7 @@ _EXPORTS = {
     "download_inat12k": "download",
     "check_folder": "imagefolder",
     "load_inat12k": "imagefolder",
+    "create_image_loader": "loader",
     "prepare_dataset": "prepare",
     "write_sample": "sample",
     "AUGMENT_DEFAULTS": "transforms",
@@ -28,6 +30,7 @@ _EXPORTS = {
 __all__ = [
     "AUGMENT_DEFAULTS",
     "check_folder",
+    "create_image_loader",
     "create_image_transform",
     "default_root",
     "download_inat12k",

@@ -156,23 +156,54 @@ class BatchedTransform:
             return x.permute(1, 2, 0)
         return torch.from_numpy(np.array(img if img.mode == "RGB" else img.convert("RGB")))
 
-    def from_values(self, values: Sequence[Any]) -> list[torch.Tensor]:
-        """The whole transform from undecoded ``datasets`` image values, the crop fused with decoding."""
-        import torch
-
+    def crops_uint8(self, values: Sequence[Any]) -> list[torch.Tensor]:
+        """The head from undecoded ``datasets`` image values, the crop fused with decoding: uint8 (H, W, 3) each."""
         if self.crop is None:
             raise ValueError("this transform does not start with timm's RandomResizedCrop; decode and call it")
-        crops = [self._after_crop(self.crop(value)) for value in values]
-        if len({c.shape for c in crops}) == 1:
-            return list(self.tail(torch.stack(crops)).unbind(0))
-        return [self.tail(c[None])[0] for c in crops]
+        return [self._after_crop(self.crop(value)) for value in values]
 
-    def __call__(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+    def head_uint8(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """The PIL head on decoded images: uint8 (H, W, 3) each."""
         import numpy as np
         import torch
 
         heads = [self._pil_head(img) for img in images]
-        arrays = [np.asarray(h if h.mode == "RGB" else h.convert("RGB")) for h in heads]
-        if len({a.shape for a in arrays}) == 1:
-            return list(self.tail(torch.from_numpy(np.stack(arrays))).unbind(0))
-        return [self.tail(torch.from_numpy(a.copy())[None])[0] for a in arrays]  # sizes differ: one at a time
+        return [torch.from_numpy(np.array(h if h.mode == "RGB" else h.convert("RGB"))) for h in heads]
+
+    def finish(self, crops: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The tail on uint8 (H, W, 3) crops, as one batch when their sizes agree: float32 (3, H, W) each."""
+        import torch
+
+        if len({c.shape for c in crops}) == 1:
+            return list(self.tail(torch.stack(list(crops))).unbind(0))
+        return [self.tail(c[None])[0] for c in crops]  # sizes differ: one at a time
+
+    def from_values(self, values: Sequence[Any]) -> list[torch.Tensor]:
+        """The whole transform from undecoded ``datasets`` image values, the crop fused with decoding."""
+        return self.finish(self.crops_uint8(values))
+
+    def __call__(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        return self.finish(self.head_uint8(images))
+
+
+class ImageCollate:
+    """DataLoader ``collate_fn`` that runs a :class:`BatchedTransform` tail on a whole batch of uint8 crops.
+
+    Items come from ``with_image_transform(..., defer_tail=True)``: ``pixel_values`` uint8 (H, W, 3). Stacking
+    those (a quarter of the bytes of float images) and normalising once, straight into the batch, saves the float
+    per-item tensors that the default collate would copy into a new batch: on a CPU that copy costs as much as the
+    normalisation itself. A plain class, so it pickles into DataLoader workers.
+    """
+
+    def __init__(self, batched: BatchedTransform | None) -> None:
+        self.batched = batched
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+        from torch.utils.data import default_collate
+
+        pixels = [item["pixel_values"] for item in items]
+        rest = default_collate([{k: v for k, v in item.items() if k != "pixel_values"} for item in items])
+        if self.batched is None or pixels[0].dtype != torch.uint8:  # a transform that finished per image
+            return {"pixel_values": torch.stack(pixels), **rest}
+        return {"pixel_values": self.batched.tail(torch.stack(pixels)), **rest}

@@ -234,34 +234,45 @@ class ImageBatchTransform:
     ColorJitter/ToTensor/Normalize/RandomErasing tail once per batch (a DataLoader hands datasets whole batches via
     ``__getitems__``). A training transform's RandomResizedCrop is fused with decoding (the JPEG is decoded at the
     smallest scale its crop allows; see :mod:`inat_zoo.data.crop_decode`). Any other callable is applied per image.
-    A plain module-level class, so the dataset stays picklable for DataLoader workers.
+    With ``defer_tail`` the items stop before the tail, as uint8 (H, W, 3), for
+    :class:`~inat_zoo.data.batched.ImageCollate` to finish in the DataLoader. A plain module-level class, so the
+    dataset stays picklable for DataLoader workers.
     """
 
-    def __init__(self, transform: Callable[[PILImage.Image], torch.Tensor], min_side: int | None) -> None:
+    def __init__(
+        self, transform: Callable[[PILImage.Image], torch.Tensor], min_side: int | None, defer_tail: bool = False
+    ) -> None:
         from .batched import BatchedTransform
 
         self.transform = transform
         self.min_side = min_side
         self.batched = BatchedTransform.from_transform(transform)
+        self.defer_tail = defer_tail
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        if self.batched is not None and self.batched.crop is not None:
-            return {"pixel_values": self.batched.from_values(batch["image"]), "label": batch["label"]}
-        images = [decode_image(value, self.min_side) for value in batch["image"]]
-        if self.batched is not None:
-            pixels = self.batched(images)
+        if self.batched is None:
+            pixels = [self.transform(decode_image(value, self.min_side)) for value in batch["image"]]
+            return {"pixel_values": pixels, "label": batch["label"]}
+        if self.batched.crop is not None:
+            crops = self.batched.crops_uint8(batch["image"])
         else:
-            pixels = [self.transform(img) for img in images]
-        return {"pixel_values": pixels, "label": batch["label"]}
+            crops = self.batched.head_uint8([decode_image(value, self.min_side) for value in batch["image"]])
+        return {"pixel_values": crops if self.defer_tail else self.batched.finish(crops), "label": batch["label"]}
 
 
 def with_image_transform(
-    split: datasets.Dataset, transform: Callable[[PILImage.Image], torch.Tensor], data_config: Mapping[str, Any]
+    split: datasets.Dataset,
+    transform: Callable[[PILImage.Image], torch.Tensor],
+    data_config: Mapping[str, Any],
+    *,
+    defer_tail: bool = False,
 ) -> datasets.Dataset:
     """A new dataset whose items are ``{"pixel_values": FloatTensor[C, H, W], "label": int}``.
 
     The image column is read undecoded and decoded by :func:`decode_image` at the scale the data config needs, so
     ``DataLoader(ds, batch_size, num_workers=k)`` with the default collate works and skips most JPEG work.
+    ``defer_tail=True`` leaves a timm transform's ToTensor/Normalize (and jitter, erasing) to the DataLoader's
+    collate: items are uint8 ``[H, W, C]``; :func:`inat_zoo.data.create_image_loader` pairs the two.
     """
     import datasets
 
@@ -270,4 +281,4 @@ def with_image_transform(
     feature = split.features["image"]
     if isinstance(feature, datasets.Image) and feature.decode:
         split = split.cast_column("image", datasets.Image(decode=False))
-    return split.with_transform(ImageBatchTransform(transform, decode_short_side(data_config)))
+    return split.with_transform(ImageBatchTransform(transform, decode_short_side(data_config), defer_tail))

@@ -1,0 +1,26 @@
+"""bench/data_pipeline.py still runs end to end and reports every figure (people judge its ratios, not tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "data_pipeline.py"
+
+
+def test_data_pipeline_bench_reports_all_ratios(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    args = [sys.executable, str(BENCH), "--images", "100", "--size", "32", "--rounds", "1", "--batch-size", "4"]
+    done = subprocess.run([*args, "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["images"] == 90 and result["image_size"] == 32  # the stratified 10% goes to validation
+    for key in ("baseline_images_per_s", "no_cache_images_per_s", "cached_images_per_s", "decode_only_images_per_s"):
+        assert result[key] > 0, key
+    for key in ("ratio_no_cache", "ratio_cached", "ratio_decode_only"):
+        assert result[key] > 0, key
+    assert "RandomResizedCropAndInterpolation" in result["transform"]
+    assert not list(tmp_path.glob("inat_zoo_bench_*"))  # the generated photos and caches were removed

@@ -1,0 +1,108 @@
+"""The fused crop's byte-level decoders (simplejpeg for JPEG, a numpy view for PPM) against its Pillow path."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+from timm.data.transforms import RandomResizedCropAndInterpolation
+
+from inat_zoo.data.crop_decode import FusedRandomResizedCrop, jpeg_orientation, source_bytes
+
+
+def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray((rng.random((5, 7, 3)) * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC)
+    noise = rng.normal(0, 10, (height, width, 1))
+    return Image.fromarray(np.clip(np.asarray(coarse, np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _regions(fused: FusedRandomResizedCrop, data: bytes, seed: int):
+    """(fast path region, Pillow path region) for the same random draw; the fast one is None if it declined."""
+    random.seed(seed)
+    fast = fused._jpeg_region(data) if data[:2] == b"\xff\xd8" else fused._ppm_region(data)
+    random.seed(seed)
+    slow = fused._pil_region({"bytes": data, "path": None})
+    return fast, slow
+
+
+@pytest.mark.parametrize(
+    "image, options",
+    [
+        (_photo(200, 150), {"quality": 90}),  # 4:2:0, the usual camera JPEG
+        (_photo(150, 200, seed=1), {"quality": 95, "subsampling": 0}),  # 4:4:4
+        (_photo(201, 149, seed=2), {"quality": 85, "progressive": True}),  # odd sizes, progressive
+        (_photo(200, 150, seed=3).convert("L"), {"quality": 90}),  # greyscale JPEG
+    ],
+)
+def test_jpeg_fast_path_gives_pillows_pixels_at_every_scale(image, options):
+    data = _encode(image, "JPEG", **options)
+    scales = set()
+    for size, scale_range in ((24, (0.9, 1.0)), (48, (0.5, 1.0)), (64, (0.08, 0.3))):
+        fused = FusedRandomResizedCrop.from_step(
+            RandomResizedCropAndInterpolation(size, scale=scale_range, interpolation="bicubic")
+        )
+        for seed in range(4):
+            fast, slow = _regions(fused, data, seed)
+            assert fast is not None, "simplejpeg declined a plain JPEG"
+            assert fast[1:] == slow[1:]  # same interpolation, same DCT scale
+            assert fast[0].shape == slow[0].shape and fast[0].dtype == np.uint8
+            assert np.array_equal(fast[0], slow[0])  # libjpeg-turbo both ways: identical pixels
+            scales.add(fast[2])
+    assert scales >= {1, 2}  # the reduced decodes were exercised, not only full ones
+
+
+def test_jpeg_fast_path_declines_what_pillow_must_handle():
+    fused = FusedRandomResizedCrop.from_step(RandomResizedCropAndInterpolation(16, interpolation="bicubic"))
+    cmyk = _encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = _encode(_photo(40, 20), "JPEG", quality=95, exif=exif)
+    assert fused._jpeg_region(cmyk) is None and fused._jpeg_region(rotated) is None
+    assert fused._jpeg_region(b"\xff\xd8 not really a jpeg") is None
+    out = fused({"bytes": cmyk, "path": None}).permute(1, 2, 0).numpy()  # Pillow converts CMYK
+    assert out[..., 0].min() > 200 and out[..., 1].max() < 60
+
+
+def test_jpeg_orientation_reads_exif_without_decoding():
+    for orientation in (1, 3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        assert jpeg_orientation(_encode(_photo(16, 8), "JPEG", exif=exif)) == orientation
+    assert jpeg_orientation(_encode(_photo(16, 8), "JPEG")) == 1  # no EXIF at all
+    camera_only = Image.Exif()
+    camera_only[0x010F] = "camera"
+    comment_first = _encode(_photo(16, 8), "JPEG", comment=b"x" * 300, exif=camera_only)
+    assert b"Exif" in comment_first and jpeg_orientation(comment_first) == 1  # EXIF after a comment, no tag
+
+
+def test_ppm_fast_path_is_a_view_of_the_bytes_with_pillows_pixels():
+    data = _encode(_photo(90, 70), "PPM")
+    fused = FusedRandomResizedCrop.from_step(RandomResizedCropAndInterpolation(32, interpolation="bilinear"))
+    for seed in range(5):
+        fast, slow = _regions(fused, data, seed)
+        assert fast is not None and fast[1:] == slow[1:]
+        assert np.array_equal(fast[0], slow[0])
+    truncated = data[: len(data) // 2]
+    assert fused._ppm_region(truncated) is None  # left to Pillow ...
+    with pytest.raises(OSError):
+        fused({"bytes": truncated, "path": None})  # ... which names the problem
+
+
+def test_source_bytes_reads_paths_once(tmp_path):
+    path = tmp_path / "a.jpg"
+    data = _encode(_photo(20, 10), "JPEG")
+    path.write_bytes(data)
+    assert source_bytes({"bytes": None, "path": str(path)}) == data
+    assert source_bytes(str(path)) == data and source_bytes(path) == data
+    assert source_bytes({"bytes": data, "path": "ignored"}) == data
+    assert source_bytes(Image.new("RGB", (2, 2))) is None
