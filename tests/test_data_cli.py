@@ -52,6 +52,28 @@ def test_sample_then_prepare(tmp_path, capsys):
     assert "short side 28 px" in out and "train: 19, validation: 11, test: 10" in out
 
 
+def test_prepare_with_a_models_crop_pct_is_the_cache_the_trainer_reuses(tmp_path, capsys, monkeypatch):
+    from inat_zoo.data import load_inat12k, prepare_dataset
+    from inat_zoo.data import prepare as prepare_module
+    from inat_zoo.data.transforms import decode_short_side
+
+    root = tmp_path / "demo"
+    args = ["--train-per-class", "3", "--test-per-class", "1", "--min-side", "40", "--max-side", "48"]
+    assert main(["data", "sample", "--root", str(root), *args]) == 0
+    prepare = ["data", "prepare", str(root), "--image-size", "24"]
+    assert main([*prepare, "--val-fraction", "0.34", "--crop-pct", "0.75"]) == 0
+    assert main([*prepare, "--crop-pct", "1.5"]) == 2
+    out, err = capsys.readouterr()
+    assert "short side 32 px" in out and "inat-zoo: error: --crop-pct must be in (0, 1], got 1.5" in err
+
+    trainer_side = decode_short_side({"input_size": (3, 24, 24), "crop_pct": 0.75})  # what train.py asks for
+    calls = []
+    real = prepare_module._shrink_batch
+    monkeypatch.setattr(prepare_module, "_shrink_batch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    prepare_dataset(load_inat12k(root, val_fraction=0.34, seed=42), short_side=trainer_side)
+    assert trainer_side == 32 and calls == []  # found in the Arrow cache the CLI wrote
+
+
 def test_unknown_action_exit_2(capsys):
     with pytest.raises(SystemExit) as info:  # argparse's own exit, with the tool's message format
         main(["data", "shuffle"])

@@ -34,6 +34,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("root", metavar="ROOT", help="folder with train/ and val/ (or a Hub dataset id)")
     p.add_argument("--image-size", type=int, required=True, help="training image size; stored short side ~1.14x")
+    p.add_argument(
+        "--crop-pct",
+        type=float,
+        default=0.875,
+        help="the model's evaluation crop_pct (timm data config; default 0.875); below 0.875 the copy keeps a larger"
+        " short side (image size / crop_pct), as the trainer needs",
+    )
     p.add_argument("--val-fraction", type=float, default=0.2, help="as the recipe's data.val_fraction")
     p.add_argument("--seed", type=int, default=42, help="as the recipe's seed (the validation split depends on it)")
     p.add_argument("--num-proc", type=int, default=None)
@@ -77,8 +84,10 @@ def _prepare(args: argparse.Namespace) -> int:
 
     if args.image_size < 8:
         raise UsageError(f"--image-size must be at least 8, got {args.image_size}")
+    if not 0.0 < args.crop_pct <= 1.0:
+        raise UsageError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
     dsdict = load_inat12k(args.root, val_fraction=args.val_fraction, seed=args.seed)
-    short_side = short_side_for(args.image_size)
+    short_side = short_side_for(args.image_size, args.crop_pct)
     prepared = prepare_dataset(dsdict, short_side, args.num_proc)
     sizes = ", ".join(f"{name}: {len(split)}" for name, split in prepared.items())
     print(f"prepared {args.root} at short side {short_side} px ({sizes})")

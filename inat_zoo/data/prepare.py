@@ -11,12 +11,11 @@ second call, in this process or the next run, loads the cache at once.
 from __future__ import annotations
 
 import io
-import math
 import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from .transforms import DEFAULT_CROP_PCT, decode_image
+from .transforms import DEFAULT_CROP_PCT, decode_image, decode_short_side
 
 if TYPE_CHECKING:
     import datasets
@@ -25,10 +24,10 @@ _FORMAT_VERSION = "1"  # bump when the stored bytes change
 IMAGE_FORMATS = {"raw": ("PPM", {}), "jpeg": ("JPEG", {"quality": 95})}
 
 
-def short_side_for(image_size: int) -> int:
-    """The short side the prepared copy keeps for a square training size (what ``decode_short_side`` gives for a
-    data config with crop_pct >= 0.875): room for evaluation's resize-then-crop."""
-    return math.ceil(image_size / DEFAULT_CROP_PCT)
+def short_side_for(image_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
+    """The short side the prepared copy keeps for a square training size and the model's ``crop_pct``: room for
+    evaluation's resize-then-crop, exactly what the trainer asks for (``decode_short_side``), so it reuses the copy."""
+    return decode_short_side({"input_size": (3, image_size, image_size), "crop_pct": crop_pct})
 
 
 def _shrink_batch(batch: dict[str, list], short_side: int, image_format: str) -> dict[str, list]:
