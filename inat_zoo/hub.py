@@ -161,6 +161,20 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+def shareable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe as published: local folders cut to their names (``data.root``, ``output_dir``), so a public repo
+    never shows the author's paths; a Hub dataset id stays. The result still loads with ``load_recipe``."""
+    from .model_card import is_hub_dataset_id
+
+    out = json.loads(json.dumps(recipe))  # a deep copy of plain YAML data
+    data = out.get("data")
+    if isinstance(data, dict) and data.get("root") and not is_hub_dataset_id(str(data["root"])):
+        data["root"] = Path(str(data["root"])).name
+    if out.get("output_dir"):
+        out["output_dir"] = str(Path("runs") / Path(str(out["output_dir"])).name)
+    return out
+
+
 def build_hub_folder(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -187,7 +201,7 @@ def build_hub_folder(
     with atomic_directory(out_dir, overwrite=replace) as tmp:
         shutil.copy2(run.model_dir / "config.json", tmp / "config.json")
         shutil.copy2(run.model_dir / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
-        shutil.copy2(run.run_dir / "recipe.yaml", tmp / "recipe.yaml")
+        atomic_write_text(tmp / "recipe.yaml", yaml.safe_dump(shareable_recipe(run.recipe), sort_keys=False))
         shutil.copy2(run.run_dir / "metrics.json", tmp / "metrics.json")
         if (run.run_dir / "history.jsonl").is_file():
             shutil.copy2(run.run_dir / "history.jsonl", tmp / "history.jsonl")

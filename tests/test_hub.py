@@ -117,9 +117,16 @@ def test_dry_run_writes_complete_folder(run_and_model, hub_folder):
         "model.safetensors",
         "recipe.yaml",
     ]
-    for name in ("config.json", "model.safetensors", "recipe.yaml", "metrics.json"):
+    for name in ("config.json", "model.safetensors", "metrics.json"):
         src = run / "model" / name if name in ("config.json", "model.safetensors") else run / name
         assert (hub_folder / name).read_bytes() == src.read_bytes(), name
+    published = (hub_folder / "recipe.yaml").read_text()
+    for public in (published, (hub_folder / "README.md").read_text()):
+        assert str(run) not in public and "/tmp/sample" not in public  # no local folders go public
+    recipe, original = yaml.safe_load(published), yaml.safe_load((run / "recipe.yaml").read_text())
+    assert recipe["data"]["root"] == "sample" and recipe["output_dir"] == "runs/tiny"
+    assert {**recipe, "output_dir": None, "data": None} == {**original, "output_dir": None, "data": None}
+    assert {**recipe["data"], "root": None} == {**original["data"], "root": None}
     assert (hub_folder / "images/explain/gradcam.png").read_bytes() == (run / "explain/gradcam.png").read_bytes()
     curves = np.asarray(Image.open(hub_folder / "images/training_curves.png").convert("L"), dtype=float)
     assert curves.shape[0] > 100 and curves.std() > 5  # a drawn figure, not a blank canvas
@@ -381,3 +388,20 @@ def test_card_is_valid_yaml_front_matter(hub_folder):
     front = yaml.safe_load(io.StringIO(text.split("---")[1]))
     assert front["library_name"] == "timm"
     assert front["model-index"][0]["name"] == REPO_ID.split("/")[1]
+
+
+def test_shareable_recipe_keeps_hub_ids_and_still_loads(tmp_path):
+    from inat_zoo.config import load_recipe
+
+    recipe = load_recipe(
+        Path(inat_zoo.__file__).parents[1] / "recipes" / "demo.yaml",
+        [f"data.root={tmp_path / 'photos' / 'inaturalist_12K'}", f"output_dir={tmp_path / 'runs' / 'mine'}"],
+    )
+    shared = hub.shareable_recipe(recipe)
+    assert shared["data"]["root"] == "inaturalist_12K" and shared["output_dir"] == "runs/mine"
+    assert recipe["data"]["root"] == str(tmp_path / "photos" / "inaturalist_12K")  # the input is left alone
+    path = tmp_path / "shared.yaml"
+    path.write_text(yaml.safe_dump(shared))
+    assert load_recipe(path)["train"] == recipe["train"]  # what goes public is a valid recipe
+    from_hub = hub.shareable_recipe({**recipe, "data": {**recipe["data"], "root": "someone/inat12k"}})
+    assert from_hub["data"]["root"] == "someone/inat12k"  # a Hub dataset id is kept as is
