@@ -106,3 +106,23 @@ def test_source_bytes_reads_paths_once(tmp_path):
     assert source_bytes(str(path)) == data and source_bytes(path) == data
     assert source_bytes({"bytes": data, "path": "ignored"}) == data
     assert source_bytes(Image.new("RGB", (2, 2))) is None
+
+
+def test_a_jpeg_libjpeg_refuses_goes_to_pillow_with_the_same_draw(monkeypatch):
+    from PIL import ImageFile
+
+    data = _encode(_photo(120, 90), "JPEG", quality=90)
+    truncated = data[: int(len(data) * 0.7)]  # header intact, scan cut: libjpeg's strict mode refuses it
+    step = RandomResizedCropAndInterpolation(32, interpolation="bicubic")
+    fused = FusedRandomResizedCrop.from_step(step)
+    with pytest.raises(OSError, match="truncated"):
+        fused({"bytes": truncated, "path": None})  # Pillow's own error, not a simplejpeg ValueError
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # a user who accepts truncated files
+    random.seed(7)
+    reference = step(Image.open(io.BytesIO(truncated)).convert("RGB"))
+    after_reference = random.random()
+    random.seed(7)
+    ours = fused({"bytes": truncated, "path": None})
+    assert random.random() == after_reference  # one box drawn, as timm does, although two decoders ran
+    assert np.abs(ours.permute(1, 2, 0).numpy().astype(int) - np.asarray(reference, int)).max() <= 3

@@ -140,12 +140,13 @@ class FusedRandomResizedCrop:
             return None
         if colorspace not in _SIMPLEJPEG_COLORSPACES or jpeg_orientation(data) != 1:
             return None
-        i, j, h, w, mode = self._params(width, height)
+        params = self._params(width, height)
+        i, j, h, w, mode = params
         scale = draft_scale(w, h, self.out_w, self.out_h)
         try:
             pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-height // scale), min_width=-(-width // scale))
         except ValueError:  # something libjpeg's strict mode refuses: Pillow decides (and raises if it is broken)
-            return None
+            return self._pil_region({"bytes": data, "path": None}, params)  # the same draw: RNG use stays timm's
         scale = round(width / pixels.shape[1])
         rows, cols = self._scaled_box((i, j, h, w), scale, pixels.shape[1], pixels.shape[0])
         return pixels[rows, cols], mode, scale
@@ -164,17 +165,18 @@ class FusedRandomResizedCrop:
         rows, cols = self._scaled_box((i, j, h, w), 1, width, height)
         return pixels[rows, cols].copy(), mode, 1  # a copy: torch wants writable memory, and the crop is small
 
-    def _pil_region(self, value: Any) -> tuple[np.ndarray, str, int]:
+    def _pil_region(self, value: Any, params: tuple | None = None) -> tuple[np.ndarray, str, int]:
+        """Pillow's decode of the crop region; ``params`` is a box already drawn on the same (upright) size."""
         import numpy as np
 
         img = open_image(value)
         lazy_ok = img is not None and (img.format == "JPEG" or img.mode in _PLAIN_MODES)
         if not lazy_ok or img.getexif().get(0x0112, 1) != 1:
             full = decode_image(value)  # decoded, rotated or an odd mode: the whole image, upright, RGB first
-            i, j, h, w, mode = self._params(*full.size)
+            i, j, h, w, mode = params or self._params(*full.size)
             return np.array(full.crop((j, i, j + w, i + h))), mode, 1
         full_w, full_h = img.size
-        i, j, h, w, mode = self._params(full_w, full_h)  # header size: nothing decoded yet
+        i, j, h, w, mode = params or self._params(full_w, full_h)  # header size: nothing decoded yet
         scale = draft_scale(w, h, self.out_w, self.out_h) if img.format == "JPEG" else 1
         if scale > 1:
             drafted = img.draft("RGB", (full_w // scale, full_h // scale))  # // keeps Pillow on exactly `scale`
