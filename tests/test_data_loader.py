@@ -79,3 +79,18 @@ def test_loader_accepts_a_plain_callable(splits):
     loader = create_image_loader(splits["test"], tiny, CONFIG, batch_size=5)
     batch = next(iter(loader))
     assert batch["pixel_values"].shape == (5, 3, 4, 4) and batch["label"].shape == (5,)
+
+
+def test_collate_builds_batches_in_shared_memory_inside_workers(splits, monkeypatch):
+    """In a worker, the batch is born in shared memory (as default_collate's): no 19 MB copy per batch on return."""
+    from inat_zoo.data.batched import BatchedTransform, ImageCollate
+
+    transform = create_image_transform(CONFIG, is_training=False)
+    items = [with_image_transform(splits["test"], transform, CONFIG, defer_tail=True)[i] for i in range(4)]
+    collate = ImageCollate(BatchedTransform.from_transform(transform))
+    in_main = collate(items)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # as seen from a worker process
+    in_worker = collate(items)
+    assert not in_main["pixel_values"].is_shared() and in_worker["pixel_values"].is_shared()
+    assert torch.equal(in_main["pixel_values"], in_worker["pixel_values"])
+    assert in_worker["pixel_values"].shape == (4, 3, 32, 32) and in_worker["pixel_values"].is_contiguous()

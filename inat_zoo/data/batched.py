@@ -42,6 +42,20 @@ def _blend(x: torch.Tensor, other: torch.Tensor | float, factor: torch.Tensor) -
     return (factor * x + (1.0 - factor) * other).clamp_(0.0, 1.0)
 
 
+def _new_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    """An empty float32 batch; in a DataLoader worker it lives in shared memory from the start, as the default
+    collate's batches do, so handing it to the main process costs no copy."""
+    import math
+
+    import torch
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    elem = torch.empty(0, dtype=torch.float32)
+    return elem.new(elem._typed_storage()._new_shared(math.prod(shape))).view(shape)
+
+
 class BatchColorJitter:
     """torchvision ``ColorJitter`` for a float batch in [0, 1], each image with its own factors and order."""
 
@@ -126,7 +140,7 @@ class BatchedTransform:
         import torch
 
         b, h, w, c = batch_uint8_hwc.shape
-        x = torch.empty((b, c, h, w), dtype=torch.float32)
+        x = _new_batch((b, c, h, w))
         x.copy_(batch_uint8_hwc.permute(0, 3, 1, 2)).div_(255)  # one pass: transpose + convert, then scale
         if self.jitter is not None:
             x = self.jitter(x)
