@@ -144,13 +144,15 @@ def _data_config(model, recipe: dict) -> dict:
 
 
 def _param_groups(model, recipe: dict) -> list[dict]:
-    """timm's parameter groups (no weight decay on 1-d params, optional layer-wise lr scale) over trainable params."""
+    """timm's parameter groups (no weight decay on 1-d params nor on the model's ``no_weight_decay()``, optional
+    layer-wise lr scale) over trainable params: the groups ``create_optimizer_v2`` builds."""
     from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
     t = recipe["train"]
+    skip = getattr(model, "no_weight_decay", set)()  # as create_optimizer_v2 does (e.g. a ViT's pos_embed)
     if t["layer_decay"] is not None:
-        return param_groups_layer_decay(model, t["weight_decay"], layer_decay=t["layer_decay"])
-    return param_groups_weight_decay(model, t["weight_decay"])
+        return param_groups_layer_decay(model, t["weight_decay"], skip, layer_decay=t["layer_decay"])
+    return param_groups_weight_decay(model, t["weight_decay"], no_weight_decay_list=skip)
 
 
 def _create_scheduler(optimizer, recipe: dict, updates_per_epoch: int):

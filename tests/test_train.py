@@ -275,3 +275,20 @@ def test_mid_epoch_checkpoint_resume(sample_root, tmp_path):
     # that one batch is augmented differently after resume (data order, optimizer and schedule are exact).
     assert resumed_history[1]["lr"] == history[1]["lr"]
     assert resumed_history[1]["val_loss"] == pytest.approx(history[1]["val_loss"], abs=0.05)
+
+
+@pytest.mark.parametrize("layer_decay", [None, 0.8])
+def test_unfreeze_groups_follow_the_models_no_weight_decay(layer_decay):
+    """Groups added at unfreeze time are built as create_optimizer_v2 builds the first ones: a model's
+    no_weight_decay() names (a ViT's pos_embed, cls_token) get no weight decay."""
+    from timm.optim import create_optimizer_v2
+
+    from inat_zoo.train import _param_groups
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=3, depth=2)
+    recipe = {"train": {"weight_decay": 0.05, "layer_decay": layer_decay}}
+    decay_of = {id(p): g["weight_decay"] for g in _param_groups(model, recipe) for p in g["params"]}
+    assert decay_of[id(model.pos_embed)] == 0.0 and decay_of[id(model.cls_token)] == 0.0
+    assert decay_of[id(model.blocks[0].attn.qkv.weight)] == 0.05
+    reference = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=layer_decay)
+    assert decay_of == {id(p): g["weight_decay"] for g in reference.param_groups for p in g["params"]}
