@@ -152,12 +152,15 @@ def create_image_transform(
         trivial = T.TrivialAugmentWide(interpolation=str_to_interp_mode(common["interpolation"]))
         return T.Compose([*primary.transforms, trivial, *final.transforms])  # no jitter with AA, as timm does
     try:
-        return create_transform(**common, is_training=True, auto_augment=aa, **train_kwargs)
+        transform = create_transform(**common, is_training=True, auto_augment=aa, **train_kwargs)
     except (AssertionError, KeyError, ValueError) as e:
         raise UsageError(
             f"data.augment.auto_augment {aa!r} is not a timm policy (e.g. 'rand-m9-mstd0.5-inc1', 'augmix-m5', "
             f"'original') nor {TRIVIAL_AUGMENT!r}: {e or type(e).__name__}"
         ) from e
+    from .timm_compat import repair_posterize
+
+    return repair_posterize(transform)  # timm's 0-bit posterize crashes on recent Pillow
 
 
 def to_rgb(img: PILImage.Image) -> PILImage.Image:
