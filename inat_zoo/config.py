@@ -141,6 +141,11 @@ def _str(optional: bool = False, choices: Sequence[Any] | None = None) -> Callab
     return check
 
 
+def _mixed_precision(key: str, v: Any) -> Any:
+    # YAML 1.1 reads a bare `no` as false: `mixed_precision: no` (file or key=value) means accelerate's "no"
+    return _str(choices=MIXED_PRECISION)(key, "no" if v is False else v)
+
+
 def _path(optional: bool = False) -> Callable[[str, Any], Any]:
     def check(key: str, v: Any) -> Any:
         if v is None and optional:
@@ -262,7 +267,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "train.label_smoothing": _float(0.0, 0.99),
     "train.grad_accum_steps": _int(minimum=1),
     "train.clip_grad": _float(0.0, open_low=True, optional=True),
-    "train.mixed_precision": _str(choices=MIXED_PRECISION),
+    "train.mixed_precision": _mixed_precision,
     "train.channels_last": _bool,
     "train.compile": _bool,
     "train.ema": _ema,

@@ -49,6 +49,14 @@ def test_overrides_are_yaml_typed(tmp_path):
     assert recipe["model"]["unfreeze"] == [{"epoch": 3, "stage": "layer3"}]
 
 
+def test_mixed_precision_no_survives_yaml_booleans(tmp_path):
+    """YAML 1.1 reads a bare `no` as false; `mixed_precision: no` is accelerate's "no", in a file or an override."""
+    assert load_recipe(_write(tmp_path, "train:\n  mixed_precision: no\n"))["train"]["mixed_precision"] == "no"
+    assert load_recipe(_write(tmp_path, {}), ["train.mixed_precision=no"])["train"]["mixed_precision"] == "no"
+    with pytest.raises(UsageError, match="'train.mixed_precision' must be one of"):
+        load_recipe(_write(tmp_path, {}), ["train.mixed_precision=yes"])  # true is not a precision
+
+
 def test_typo_names_key_suggests_and_lists_allowed(tmp_path):
     with pytest.raises(UsageError) as e:
         load_recipe(_write(tmp_path, {"train": {"lrr": 0.1}}))
