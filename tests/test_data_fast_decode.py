@@ -126,3 +126,16 @@ def test_a_jpeg_libjpeg_refuses_goes_to_pillow_with_the_same_draw(monkeypatch):
     ours = fused({"bytes": truncated, "path": None})
     assert random.random() == after_reference  # one box drawn, as timm does, although two decoders ran
     assert np.abs(ours.permute(1, 2, 0).numpy().astype(int) - np.asarray(reference, int)).max() <= 3
+
+
+def test_jpeg_orientation_handles_fill_bytes_and_damaged_exif():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(_photo(16, 8), "JPEG", exif=exif)
+    padded = data[:2] + b"\xff\xff" + data[2:]  # fill bytes before the first marker are legal
+    assert jpeg_orientation(padded) == 6
+    start = data.index(b"Exif\x00\x00")
+    damaged = data[: start + 6] + b"\x00" * 8 + data[start + 14 :]  # TIFF header zeroed
+    assert jpeg_orientation(damaged) in (0, 1)  # unreadable: never a made-up rotation
+    fused = FusedRandomResizedCrop.from_step(RandomResizedCropAndInterpolation(8, interpolation="bicubic"))
+    assert fused(damaged).shape == (3, 8, 8)  # decodes either way

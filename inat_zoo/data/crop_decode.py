@@ -70,20 +70,27 @@ def source_bytes(value: Any) -> bytes | None:
 
 
 def jpeg_orientation(data: bytes) -> int:
-    """The EXIF orientation (1-8) of JPEG ``data``, read from its APP1 segment without decoding; 1 when absent."""
+    """The EXIF orientation (1-8) of JPEG ``data``, read from its APP1 segment without decoding; 1 when absent,
+    0 when the EXIF block cannot be read (the caller then leaves the file to Pillow)."""
     pos = 2  # after SOI
     while pos + 4 <= len(data) and data[pos] == 0xFF:
         marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
         if marker in (0xDA, 0xD9):  # start of scan / end of image: no more header segments
             break
         length = int.from_bytes(data[pos + 2 : pos + 4], "big")
         if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
             from PIL import Image
 
-            exif = Image.Exif()
-            exif.load(data[pos + 4 : pos + 2 + length])
-            return int(exif.get(0x0112, 1) or 1)
-        pos += 2 + length
+            try:
+                exif = Image.Exif()
+                exif.load(data[pos + 4 : pos + 2 + length])
+                return int(exif.get(0x0112, 1) or 1)
+            except Exception:  # a damaged EXIF block: Pillow's full path decides what it means
+                return 0
+        pos += 2 + max(length, 2)
     return 1
 
 
