@@ -70,6 +70,9 @@ def test_loader_runs_in_workers_and_shuffles(splits):
         assert batch["pixel_values"].abs().max() < 5  # normalised, not 0-255
         labels += batch["label"].tolist()
     assert sorted(labels) == sorted(splits["train"]["label"]) and labels != splits["train"]["label"]
+    assert loader.persistent_workers  # the default with workers; DataLoader keywords still pass through:
+    assert not create_image_loader(splits["train"], transform, CONFIG, batch_size=8, num_workers=2,
+                                   persistent_workers=False).persistent_workers  # fmt: skip
 
 
 def test_loader_accepts_a_plain_callable(splits):

@@ -37,13 +37,13 @@ def create_image_loader(
     from torch.utils.data import DataLoader
 
     dataset = with_image_transform(split, transform, data_config, defer_tail=True)
+    loader_kwargs.setdefault("persistent_workers", num_workers > 0)  # workers keep their state across epochs
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         drop_last=drop_last,
         num_workers=num_workers,
-        persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
         collate_fn=ImageCollate(BatchedTransform.from_transform(transform)),
         **loader_kwargs,
