@@ -141,9 +141,12 @@ def _str(optional: bool = False, choices: Sequence[Any] | None = None) -> Callab
     return check
 
 
+_mixed_precision_choice = _str(choices=MIXED_PRECISION)
+
+
 def _mixed_precision(key: str, v: Any) -> Any:
     # YAML 1.1 reads a bare `no` as false: `mixed_precision: no` (file or key=value) means accelerate's "no"
-    return _str(choices=MIXED_PRECISION)(key, "no" if v is False else v)
+    return _mixed_precision_choice(key, "no" if v is False else v)
 
 
 def _path(optional: bool = False) -> Callable[[str, Any], Any]:
@@ -321,9 +324,9 @@ def _validate_augment(augment: dict) -> dict:
 
 def default_data_root() -> str:
     """``<default cache>/inaturalist_12K``, the folder ``inat-zoo data download`` fills."""
-    from .data.download import default_root
+    from .data.download import default_data_dir
 
-    return os.fspath(Path(default_root()) / "inaturalist_12K")
+    return os.fspath(default_data_dir())
 
 
 def validate_recipe(recipe: Mapping[str, Any]) -> dict:

@@ -9,6 +9,7 @@ and uploads it in one commit. The token is checked before anything touches the n
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import re
@@ -22,6 +23,7 @@ import yaml
 from huggingface_hub import HfApi, get_token
 
 from .atomic import atomic_directory, atomic_write_text
+from .config import read_yaml_mapping
 from .errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -123,10 +125,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
         if not (run_dir / name).is_file():
             raise UsageError(f"run {run_dir} has no {name} — is it a complete inat_zoo run directory?")
     config = check_model_dir(model_dir)
-    try:
-        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UsageError(f"{run_dir / 'recipe.yaml'} is not valid YAML: {e}") from e
+    recipe = read_yaml_mapping(run_dir / "recipe.yaml", "run recipe", "a recipe mapping")
     metrics = _read_json(run_dir / "metrics.json")
     eval_path = run_dir / "eval" / "metrics.json"
     eval_metrics = _read_json(eval_path) if eval_path.is_file() else None
@@ -166,7 +165,7 @@ def shareable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     never shows the author's paths; a Hub dataset id stays. The result still loads with ``load_recipe``."""
     from .model_card import is_hub_dataset_id
 
-    out = json.loads(json.dumps(recipe))  # a deep copy of plain YAML data
+    out = copy.deepcopy(recipe)
     data = out.get("data")
     if isinstance(data, dict) and data.get("root") and not is_hub_dataset_id(str(data["root"])):
         data["root"] = Path(str(data["root"])).name

@@ -20,9 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .atomic import atomic_directory
+from .config import read_yaml_mapping
 from .errors import UsageError
 
 # Recipe keys that never change a result, or have their own column.
@@ -103,7 +102,7 @@ def _sweep_records(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, dict]
     out = []
     for given in map(Path, paths):
         if (given / JOURNAL).is_file() and (given / SWEEP_RECORD).is_file():
-            out.append((given, yaml.safe_load((given / SWEEP_RECORD).read_text(encoding="utf-8")) or {}))
+            out.append((given, read_yaml_mapping(given / SWEEP_RECORD, "sweep record", "a mapping")))
     return out
 
 
@@ -148,7 +147,7 @@ def collect(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[str], 
         study = None  # importance is per study; several sweeps are compared by correlation
     rows = []
     for name, run in runs:
-        recipe = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")) or {}
+        recipe = read_yaml_mapping(run / "recipe.yaml", "run recipe", "a recipe mapping")
         metrics = _read_json(run / "metrics.json")
         history = _history(run)
         val_accs = [r["val_accuracy"] for r in history if r.get("val_accuracy") is not None]

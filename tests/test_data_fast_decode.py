@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from timm.data.transforms import RandomResizedCropAndInterpolation
 
-from inat_zoo.data.crop_decode import FusedRandomResizedCrop, jpeg_orientation, source_bytes
+from inat_zoo.data.crop_decode import FusedRandomResizedCrop, jpeg_orientation
+from inat_zoo.data.transforms import source_bytes
 
 
 def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -106,6 +107,10 @@ def test_source_bytes_reads_paths_once(tmp_path):
     assert source_bytes(str(path)) == data and source_bytes(path) == data
     assert source_bytes({"bytes": data, "path": "ignored"}) == data
     assert source_bytes(Image.new("RGB", (2, 2))) is None
+    with pytest.raises(ValueError, match="neither bytes nor path"):
+        source_bytes({"bytes": None, "path": None})
+    with pytest.raises(TypeError, match="cannot decode an image from int"):
+        source_bytes(3)
 
 
 def test_a_jpeg_libjpeg_refuses_goes_to_pillow_with_the_same_draw(monkeypatch):

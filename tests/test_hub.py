@@ -405,3 +405,13 @@ def test_shareable_recipe_keeps_hub_ids_and_still_loads(tmp_path):
     assert load_recipe(path)["train"] == recipe["train"]  # what goes public is a valid recipe
     from_hub = hub.shareable_recipe({**recipe, "data": {**recipe["data"], "root": "someone/inat12k"}})
     assert from_hub["data"]["root"] == "someone/inat12k"  # a Hub dataset id is kept as is
+
+
+def test_a_run_recipe_that_is_not_a_mapping_is_a_usage_error(tmp_path):
+    run, _ = _make_run(tmp_path / "run")
+    (run / "recipe.yaml").write_text("- not\n- a recipe\n")
+    with pytest.raises(UsageError, match="run recipe .* must hold a recipe mapping, got list"):
+        hub.read_run(run)
+    (run / "recipe.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(UsageError, match="run recipe .* is not valid YAML"):
+        hub.read_run(run)

@@ -121,10 +121,10 @@ def verify_image(path: str | os.PathLike) -> str | None:
 
 
 def _cache_path(root: Path) -> Path:
-    from .download import cache_dir
+    from .download import default_root
 
     key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:20]
-    return cache_dir() / "file_checks" / f"{key}.json"
+    return default_root() / "file_checks" / f"{key}.json"
 
 
 def find_bad_files(

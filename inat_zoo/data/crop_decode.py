@@ -23,12 +23,11 @@ The steps after the crop (flips, RandAugment, ...) run as in timm's ``Compose``.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from typing import TYPE_CHECKING, Any
 
-from .transforms import decode_image, open_image, to_rgb
+from .transforms import decode_image, open_image, source_bytes, to_rgb
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,21 +51,6 @@ def draft_scale(box_w: float, box_h: float, out_w: int, out_h: int) -> int:
 def _interp_name(mode: Any) -> str | None:
     name = getattr(mode, "value", mode)
     return _TORCH_MODES.get(name) if isinstance(name, str) else None
-
-
-def source_bytes(value: Any) -> bytes | None:
-    """The encoded bytes behind a ``datasets`` image value (``{"bytes", "path"}``, bytes or a path); ``None`` for a
-    PIL image or a value without either."""
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return value["bytes"]
-        value = value.get("path")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, (str, os.PathLike)):
-        with open(value, "rb") as f:
-            return f.read()
-    return None
 
 
 def jpeg_orientation(data: bytes) -> int:

@@ -40,9 +40,6 @@ def default_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "inat_zoo"
 
 
-cache_dir = default_root
-
-
 def default_data_dir() -> Path:
     """``<default_root()>/inaturalist_12K``: the default ``data.root`` of a recipe."""
     return default_root() / DATASET_DIRNAME

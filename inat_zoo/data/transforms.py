@@ -186,25 +186,34 @@ def to_rgb(img: PILImage.Image) -> PILImage.Image:
     return img.convert("RGB")
 
 
-def open_image(value: Any) -> PILImage.Image | None:
-    """The not-yet-decoded image behind a ``datasets`` value (``{"bytes", "path"}``, a path or bytes): Pillow has
-    read the header only, so size and format are known and ``draft`` still applies. ``None`` for a PIL image."""
+def source_bytes(value: Any) -> bytes | None:
+    """The encoded bytes behind a ``datasets`` image value (``{"bytes", "path"}``, a path or bytes), read once;
+    ``None`` for an already decoded PIL image."""
     from PIL import Image
 
     if isinstance(value, Image.Image):
         return None
     if isinstance(value, dict):
-        data, path = value.get("bytes"), value.get("path")
-        source = io.BytesIO(data) if data else path
-    elif isinstance(value, (bytes, bytearray)):
-        source = io.BytesIO(value)
-    elif isinstance(value, (str, os.PathLike)):
-        source = value
-    else:
-        raise TypeError(f"cannot decode an image from {type(value).__name__}")
-    if source is None:
-        raise ValueError("image value has neither bytes nor path")
-    return Image.open(source)
+        if value.get("bytes"):
+            return value["bytes"]
+        if value.get("path") is None:
+            raise ValueError("image value has neither bytes nor path")
+        value = value["path"]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, (str, os.PathLike)):
+        with open(value, "rb") as f:
+            return f.read()
+    raise TypeError(f"cannot decode an image from {type(value).__name__}")
+
+
+def open_image(value: Any) -> PILImage.Image | None:
+    """The not-yet-decoded image behind a ``datasets`` value (see :func:`source_bytes`): Pillow has read the header
+    only, so size and format are known and ``draft`` still applies. ``None`` for a PIL image."""
+    from PIL import Image
+
+    data = source_bytes(value)
+    return None if data is None else Image.open(io.BytesIO(data))
 
 
 def decode_image(value: Any, min_side: int | None = None) -> PILImage.Image:
