@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from timm.data.transforms import RandomResizedCropAndInterpolation
 
-from inat_zoo.data.crop_decode import FusedRandomResizedCrop, jpeg_orientation
+from inat_zoo.data import crop_decode
+from inat_zoo.data.crop_decode import FusedRandomResizedCrop, jpeg_orientation, jpeg_top_rows
 from inat_zoo.data.transforms import source_bytes
 
 
@@ -45,8 +46,10 @@ def _regions(fused: FusedRandomResizedCrop, data: bytes, seed: int):
         (_photo(200, 150, seed=3).convert("L"), {"quality": 90}),  # greyscale JPEG
     ],
 )
-def test_jpeg_fast_path_gives_pillows_pixels_at_every_scale(image, options):
+def test_jpeg_fast_path_gives_pillows_pixels_at_every_scale(image, options, monkeypatch):
     data = _encode(image, "JPEG", **options)
+    cuts = []
+    monkeypatch.setattr(crop_decode, "jpeg_top_rows", lambda *a: cuts.append(jpeg_top_rows(*a)) or cuts[-1])
     scales = set()
     for size, scale_range in ((24, (0.9, 1.0)), (48, (0.5, 1.0)), (64, (0.08, 0.3))):
         fused = FusedRandomResizedCrop.from_step(
@@ -60,6 +63,45 @@ def test_jpeg_fast_path_gives_pillows_pixels_at_every_scale(image, options):
             assert np.array_equal(fast[0], slow[0])  # libjpeg-turbo both ways: identical pixels
             scales.add(fast[2])
     assert scales >= {1, 2}  # the reduced decodes were exercised, not only full ones
+    partial = [c for c in cuts if c is not None]
+    if options.get("progressive"):
+        assert not partial  # a progressive file is never cut short
+    else:
+        assert partial and len(partial) < len(cuts)  # crops high in the photo decoded only their top rows
+
+
+@pytest.mark.parametrize(
+    "mode, options", [("RGB", {}), ("RGB", {"subsampling": 0}), ("RGB", {"subsampling": 1}), ("L", {})]
+)
+def test_jpeg_top_rows_decodes_the_same_rows_as_the_whole_file(mode, options):
+    import simplejpeg
+
+    width, height = 67, 97
+    data = _encode(_photo(width, height, seed=4).convert(mode), "JPEG", quality=90, **options)
+    mcu = 8 if options.get("subsampling") in (0, 1) or mode == "L" else 16  # 4:4:4, 4:2:2 and grey: 8-row MCUs
+    full = {s: simplejpeg.decode_jpeg(data, "RGB", min_width=-(-width // s)) for s in (1, 2, 4, 8)}
+    for rows in range(1, height + 1):
+        top = jpeg_top_rows(data, rows)
+        if top is None:
+            assert rows + mcu >= height - mcu  # only a cut that would keep (nearly) everything is refused
+            continue
+        declared = simplejpeg.decode_jpeg_header(top)[0]
+        assert declared % mcu == 0 and rows + mcu <= declared < height
+        for s in (1, 2, 4, 8):
+            part = simplejpeg.decode_jpeg(top, "RGB", min_width=-(-width // s), strict=False)
+            needed = -(-(rows + s) // s)  # the box's rows at this scale, rounded outwards
+            assert part.shape[1] == full[s].shape[1] and part.shape[0] >= needed
+            assert np.array_equal(part[:needed], full[s][:needed]), (rows, s)
+
+
+def test_jpeg_top_rows_leaves_other_files_whole():
+    photo = _photo(40, 64)
+    baseline = _encode(photo, "JPEG", quality=90)
+    assert jpeg_top_rows(baseline, 8) is not None
+    assert jpeg_top_rows(_encode(photo, "JPEG", quality=90, progressive=True), 8) is None  # needs every scan
+    assert jpeg_top_rows(baseline[:-200], 8) is None  # truncated: the strict decode must see it
+    assert jpeg_top_rows(baseline, 40) is None  # nothing worth cutting below
+    assert jpeg_top_rows(b"\xff\xd8\xff\xd9", 8) is None  # no frame header at all
 
 
 def test_jpeg_fast_path_declines_what_pillow_must_handle():

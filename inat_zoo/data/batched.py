@@ -135,18 +135,21 @@ class BatchedTransform:
             img = step(img)
         return img
 
-    def tail(self, batch_uint8_hwc: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) -> normalised float32 (B, 3, H, W), exactly as ToTensor + Normalize do per image."""
+    def tail(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
+        """uint8 (H, W, 3) crops of one size (a list or a (B, H, W, 3) batch) -> normalised float32 (B, 3, H, W),
+        exactly as ToTensor + Normalize do per image."""
         import torch
 
-        b, h, w, c = batch_uint8_hwc.shape
-        x = _new_batch((b, c, h, w))
-        x.copy_(batch_uint8_hwc.permute(0, 3, 1, 2)).div_(255)  # one pass: transpose + convert, then scale
+        h, w, c = crops[0].shape
+        x = _new_batch((len(crops), c, h, w))
+        mean = torch.as_tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
+        for image, pixels in zip(x, crops, strict=True):  # one image at a time: its passes stay in the CPU cache
+            image.copy_(pixels.permute(2, 0, 1)).div_(255)  # transpose + convert in one pass, then scale
+            if self.jitter is None:
+                image.sub_(mean).div_(std)
         if self.jitter is not None:
-            x = self.jitter(x)
-        mean = torch.as_tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.as_tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
-        x = x.sub_(mean).div_(std)
+            x = self.jitter(x).sub_(mean).div_(std)
         if self.erasing is not None:
             x = self.erasing(x)
         return x
@@ -186,11 +189,9 @@ class BatchedTransform:
 
     def finish(self, crops: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The tail on uint8 (H, W, 3) crops, as one batch when their sizes agree: float32 (3, H, W) each."""
-        import torch
-
         if len({c.shape for c in crops}) == 1:
-            return list(self.tail(torch.stack(list(crops))).unbind(0))
-        return [self.tail(c[None])[0] for c in crops]  # sizes differ: one at a time
+            return list(self.tail(crops).unbind(0))
+        return [self.tail([c])[0] for c in crops]  # sizes differ: one at a time
 
     def from_values(self, values: Sequence[Any]) -> list[torch.Tensor]:
         """The whole transform from undecoded ``datasets`` image values, the crop fused with decoding."""
@@ -203,9 +204,9 @@ class BatchedTransform:
 class ImageCollate:
     """DataLoader ``collate_fn`` that runs a :class:`BatchedTransform` tail on a whole batch of uint8 crops.
 
-    Items come from ``with_image_transform(..., defer_tail=True)``: ``pixel_values`` uint8 (H, W, 3). Stacking
-    those (a quarter of the bytes of float images) and normalising once, straight into the batch, saves the float
-    per-item tensors that the default collate would copy into a new batch: on a CPU that copy costs as much as the
+    Items come from ``with_image_transform(..., defer_tail=True)``: ``pixel_values`` uint8 (H, W, 3), a quarter of
+    the bytes of float images. Normalising each straight into its place in the batch saves the float per-item
+    tensors that the default collate would copy into a new batch: on a CPU that copy costs as much as the
     normalisation itself. A plain class, so it pickles into DataLoader workers.
     """
 
@@ -220,4 +221,4 @@ class ImageCollate:
         rest = default_collate([{k: v for k, v in item.items() if k != "pixel_values"} for item in items])
         if self.batched is None or pixels[0].dtype != torch.uint8:  # a transform that finished per image
             return {"pixel_values": torch.stack(pixels), **rest}
-        return {"pixel_values": self.batched.tail(torch.stack(pixels)), **rest}
+        return {"pixel_values": self.batched.tail(pixels), **rest}

@@ -6,7 +6,8 @@ it with PIL's per-pixel bicubic filter are the two big costs of the naive pipeli
 1. reads the size from the file header and draws the crop box with timm's own
    ``RandomResizedCropAndInterpolation.get_params`` on that full size: the same distribution, the same RNG calls;
 2. picks the largest JPEG DCT reduction (1/2, 1/4, 1/8) at which the box still covers the output size, so the crop
-   is never upsampled from data the full decode would have had;
+   is never upsampled from data the full decode would have had, and for a baseline JPEG stops decoding one MCU row
+   below the box (:func:`jpeg_top_rows`);
 3. crops (box scaled to the reduced image) and resizes with torch's uint8 antialiased bilinear/bicubic kernels,
    which follow PIL's filters (a grey level or two apart) at a fraction of the cost.
 
@@ -53,9 +54,8 @@ def _interp_name(mode: Any) -> str | None:
     return _TORCH_MODES.get(name) if isinstance(name, str) else None
 
 
-def jpeg_orientation(data: bytes) -> int:
-    """The EXIF orientation (1-8) of JPEG ``data``, read from its APP1 segment without decoding; 1 when absent,
-    0 when the EXIF block cannot be read (the caller then leaves the file to Pillow)."""
+def _jpeg_segments(data: bytes):
+    """``(marker, offset)`` of each header segment of JPEG ``data`` up to the first scan, read without decoding."""
     pos = 2  # after SOI
     while pos + 4 <= len(data) and data[pos] == 0xFF:
         marker = data[pos + 1]
@@ -63,7 +63,15 @@ def jpeg_orientation(data: bytes) -> int:
             pos += 1
             continue
         if marker in (0xDA, 0xD9):  # start of scan / end of image: no more header segments
-            break
+            return
+        yield marker, pos
+        pos += 2 + max(int.from_bytes(data[pos + 2 : pos + 4], "big"), 2)
+
+
+def jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of JPEG ``data``, read from its APP1 segment without decoding; 1 when absent,
+    0 when the EXIF block cannot be read (the caller then leaves the file to Pillow)."""
+    for marker, pos in _jpeg_segments(data):
         length = int.from_bytes(data[pos + 2 : pos + 4], "big")
         if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
             from PIL import Image
@@ -74,8 +82,37 @@ def jpeg_orientation(data: bytes) -> int:
                 return int(exif.get(0x0112, 1) or 1)
             except Exception:  # a damaged EXIF block: Pillow's full path decides what it means
                 return 0
-        pos += 2 + max(length, 2)
     return 1
+
+
+def jpeg_top_rows(data: bytes, rows: int) -> bytes | None:
+    """A copy of baseline JPEG ``data`` whose frame header claims only the top ``rows`` rows, rounded up to whole
+    MCU rows plus one more; ``None`` when that would not save anything or the file is not a complete baseline JPEG.
+
+    libjpeg decodes a sequential JPEG top to bottom and stops after the rows its frame header (SOF) declares, so a
+    crop in the upper part of a photo skips the entropy decoding and IDCT of everything below it: on average a
+    third of a random resized crop's decode. The rows kept are the same pixels as the full decode's; the one extra
+    MCU row keeps the crop away from the new bottom edge, where chroma upsampling has no row below. libjpeg then
+    warns about the data it did not read ("extraneous bytes"), so the copy must be decoded with that warning
+    allowed; the file is only cut when it ends with its EOI marker, which keeps truncated files on the strict path.
+    """
+    if not data.endswith(b"\xff\xd9"):
+        return None
+    for marker, pos in _jpeg_segments(data):
+        if marker in (0xC0, 0xC1):  # baseline / extended sequential Huffman frame
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            n_components = data[pos + 9]
+            sampling = data[pos + 11 : pos + 10 + 3 * n_components : 3]  # each component's (H << 4 | V) byte
+            if not height or len(sampling) != n_components:
+                return None
+            mcu_rows = 8 * max(v & 0x0F for v in sampling)
+            cut = (rows // mcu_rows + 2) * mcu_rows
+            if cut >= height:
+                return None
+            return b"".join((data[: pos + 5], cut.to_bytes(2, "big"), data[pos + 7 :]))
+        if 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # progressive, lossless, arithmetic
+            return None
+    return None
 
 
 class FusedRandomResizedCrop:
@@ -134,8 +171,16 @@ class FusedRandomResizedCrop:
         params = self._params(width, height)
         i, j, h, w, mode = params
         scale = draft_scale(w, h, self.out_w, self.out_h)
+        top = jpeg_top_rows(data, i + h)  # the crop's rows and one MCU row more; the rest of the file is left unread
+        rows = height if top is None else simplejpeg.decode_jpeg_header(top)[0]
         try:
-            pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-height // scale), min_width=-(-width // scale))
+            pixels = simplejpeg.decode_jpeg(
+                data if top is None else top,
+                "RGB",
+                min_height=-(-rows // scale),
+                min_width=-(-width // scale),
+                strict=top is None,  # a cut file leaves data unread, which strict mode calls corrupt
+            )
         except ValueError:  # something libjpeg's strict mode refuses: Pillow decides (and raises if it is broken)
             return self._pil_region({"bytes": data, "path": None}, params)  # the same draw: RNG use stays timm's
         scale = round(width / pixels.shape[1])
