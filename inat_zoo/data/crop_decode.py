@@ -6,8 +6,8 @@ it with PIL's per-pixel bicubic filter are the two big costs of the naive pipeli
 1. reads the size from the file header and draws the crop box with timm's own
    ``RandomResizedCropAndInterpolation.get_params`` on that full size: the same distribution, the same RNG calls;
 2. picks the largest JPEG DCT reduction (1/2, 1/4, 1/8) at which the box still covers the output size, so the crop
-   is never upsampled from data the full decode would have had, and for a baseline JPEG stops decoding one MCU row
-   below the box (:func:`jpeg_top_rows`);
+   is never upsampled from data the full decode would have had, and for a baseline JPEG stops decoding just below
+   the box (:func:`jpeg_top_rows`);
 3. crops (box scaled to the reduced image) and resizes with torch's uint8 antialiased bilinear/bicubic kernels,
    which follow PIL's filters (a grey level or two apart) at a fraction of the cost.
 
@@ -86,30 +86,25 @@ def jpeg_orientation(data: bytes) -> int:
 
 
 def jpeg_top_rows(data: bytes, rows: int) -> bytes | None:
-    """A copy of baseline JPEG ``data`` whose frame header claims only the top ``rows`` rows, rounded up to whole
-    MCU rows plus one more; ``None`` when that would not save anything or the file is not a complete baseline JPEG.
+    """A copy of baseline JPEG ``data`` whose frame header claims only its top ``rows`` rows plus one; ``None`` when
+    that would not save anything or the file is not a complete baseline JPEG.
 
     libjpeg decodes a sequential JPEG top to bottom and stops after the rows its frame header (SOF) declares, so a
-    crop in the upper part of a photo skips the entropy decoding and IDCT of everything below it: on average a
-    third of a random resized crop's decode. The rows kept are the same pixels as the full decode's; the one extra
-    MCU row keeps the crop away from the new bottom edge, where chroma upsampling has no row below. libjpeg then
-    warns about the data it did not read ("extraneous bytes"), so the copy must be decoded with that warning
-    allowed; the file is only cut when it ends with its EOI marker, which keeps truncated files on the strict path.
+    crop in the upper part of a photo skips the entropy decoding and IDCT of everything below it (about a sixth of
+    the decode for timm's default crop scales). The top ``rows`` rows are the same pixels as the full decode's at
+    every DCT scale; only the new last row can differ, where 4:2:0 chroma upsampling has no row below, hence the
+    extra row. libjpeg then warns about the data it did not read ("extraneous bytes"), so the copy must be decoded
+    with that warning allowed; the file is only cut when it ends with its EOI marker, which keeps truncated files on
+    the strict path.
     """
     if not data.endswith(b"\xff\xd9"):
         return None
     for marker, pos in _jpeg_segments(data):
         if marker in (0xC0, 0xC1):  # baseline / extended sequential Huffman frame
             height = int.from_bytes(data[pos + 5 : pos + 7], "big")
-            n_components = data[pos + 9]
-            sampling = data[pos + 11 : pos + 10 + 3 * n_components : 3]  # each component's (H << 4 | V) byte
-            if not height or len(sampling) != n_components:
+            if rows + 1 >= height:
                 return None
-            mcu_rows = 8 * max(v & 0x0F for v in sampling)
-            cut = (rows // mcu_rows + 2) * mcu_rows
-            if cut >= height:
-                return None
-            return b"".join((data[: pos + 5], cut.to_bytes(2, "big"), data[pos + 7 :]))
+            return b"".join((data[: pos + 5], (rows + 1).to_bytes(2, "big"), data[pos + 7 :]))
         if 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # progressive, lossless, arithmetic
             return None
     return None
@@ -171,7 +166,7 @@ class FusedRandomResizedCrop:
         params = self._params(width, height)
         i, j, h, w, mode = params
         scale = draft_scale(w, h, self.out_w, self.out_h)
-        top = jpeg_top_rows(data, i + h)  # the crop's rows and one MCU row more; the rest of the file is left unread
+        top = jpeg_top_rows(data, i + h + scale)  # the box's rows, rounded out at this scale; the rest stays unread
         rows = height if top is None else simplejpeg.decode_jpeg_header(top)[0]
         try:
             pixels = simplejpeg.decode_jpeg(
