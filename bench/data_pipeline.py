@@ -7,13 +7,13 @@ the figure is per-core work) of:
 - baseline: ``torchvision.datasets.ImageFolder`` (full PIL decode) + the timm train transform;
 - no_cache: ``load_inat12k`` + ``create_image_loader`` (what the trainer uses) + the same transform, its random
   resized crop fused with decoding (crop drawn on the header size, JPEG decoded by libjpeg-turbo straight to numpy
-  at the smallest DCT scale that still covers the output, torch's uint8 antialiased resize) and its
-  ToTensor/Normalize run once per batch in the collate;
+  at the smallest DCT scale that still covers the output and only down to the crop's bottom row, torch's uint8
+  antialiased resize) and its ToTensor/Normalize run in the collate, straight into the batch;
 - cached:   ``prepare_dataset`` (one-time resized copy in the Arrow cache, not timed per epoch) + the same.
 
 A fourth figure, ``decode_only``, times only the fused crop's JPEG decode (no resize, no tensors): the ceiling of
-any no_cache pipeline that decodes the same files at the same DCT scales (libjpeg-turbo must entropy-decode the
-file's rows above the crop at any scale). The pipelines are interleaved over several rounds, each round seeded
+any no_cache pipeline that decodes the same files at the same DCT scales (libjpeg-turbo must entropy-decode every
+row down to the crop's bottom, at any scale). The pipelines are interleaved over several rounds, each round seeded
 alike (the same random draws for all), and each keeps its best round, so machine noise hits all alike.
 ``--json`` prints one object with ``ratio_no_cache`` and ``ratio_cached``. Targets: >= 2.5x and >= 5x.
 """
