@@ -44,6 +44,7 @@ def _regions(fused: FusedRandomResizedCrop, data: bytes, seed: int):
         (_photo(150, 200, seed=1), {"quality": 95, "subsampling": 0}),  # 4:4:4
         (_photo(201, 149, seed=2), {"quality": 85, "progressive": True}),  # odd sizes, progressive
         (_photo(200, 150, seed=3).convert("L"), {"quality": 90}),  # greyscale JPEG
+        (_photo(200, 150, seed=5), {"quality": 90, "restart_marker_rows": 1}),  # restart markers in the scan
     ],
 )
 def test_jpeg_fast_path_gives_pillows_pixels_at_every_scale(image, options, monkeypatch):
