@@ -99,6 +99,9 @@ def test_jpeg_top_rows_leaves_other_files_whole():
     assert jpeg_top_rows(baseline, 8) is not None
     assert jpeg_top_rows(_encode(photo, "JPEG", quality=90, progressive=True), 8) is None  # needs every scan
     assert jpeg_top_rows(baseline[:-200], 8) is None  # truncated: the strict decode must see it
+    scan = baseline.index(b"\xff\xda")
+    two_scans = baseline[:-2] + baseline[scan:]  # a second scan, as a non-interleaved baseline file has
+    assert jpeg_top_rows(two_scans, 8) is None  # several scans: left whole, only single-scan files are cut
     assert jpeg_top_rows(baseline, 63) is None  # nothing left to cut below
     assert jpeg_top_rows(b"\xff\xd8\xff\xd9", 8) is None  # no frame header at all
 

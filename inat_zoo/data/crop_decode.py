@@ -87,7 +87,7 @@ def jpeg_orientation(data: bytes) -> int:
 
 def jpeg_top_rows(data: bytes, rows: int) -> bytes | None:
     """A copy of baseline JPEG ``data`` whose frame header claims only its top ``rows`` rows plus one; ``None`` when
-    that would not save anything or the file is not a complete baseline JPEG.
+    that would not save anything or the file is not a complete, single-scan baseline JPEG.
 
     libjpeg decodes a sequential JPEG top to bottom and stops after the rows its frame header (SOF) declares, so a
     crop in the upper part of a photo skips the entropy decoding and IDCT of everything below it (about a sixth of
@@ -97,7 +97,7 @@ def jpeg_top_rows(data: bytes, rows: int) -> bytes | None:
     with that warning allowed; the file is only cut when it ends with its EOI marker, which keeps truncated files on
     the strict path.
     """
-    if not data.endswith(b"\xff\xd9"):
+    if not data.endswith(b"\xff\xd9") or data.count(b"\xff\xda") != 1:  # entropy data never holds FF DA
         return None
     for marker, pos in _jpeg_segments(data):
         if marker in (0xC0, 0xC1):  # baseline / extended sequential Huffman frame
