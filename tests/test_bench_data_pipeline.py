@@ -13,7 +13,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "data_pipeline.py"
 
 def test_data_pipeline_bench_reports_all_ratios(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    args = [sys.executable, str(BENCH), "--images", "100", "--size", "32", "--rounds", "1", "--batch-size", "4"]
+    args = [sys.executable, str(BENCH), "--images", "100", "--size", "32", "--rounds", "1", "--repeats", "1"]
+    args += ["--batch-size", "4"]
     done = subprocess.run([*args, "--json"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -100,8 +100,11 @@ def test_jpeg_top_rows_leaves_other_files_whole():
     assert jpeg_top_rows(_encode(photo, "JPEG", quality=90, progressive=True), 8) is None  # needs every scan
     assert jpeg_top_rows(baseline[:-200], 8) is None  # truncated: the strict decode must see it
     scan = baseline.index(b"\xff\xda")
-    two_scans = baseline[:-2] + baseline[scan:]  # a second scan, as a non-interleaved baseline file has
-    assert jpeg_top_rows(two_scans, 8) is None  # several scans: left whole, only single-scan files are cut
+    luma_only = b"\xff\xda\x00\x08\x01" + baseline[scan + 5 : scan + 7] + b"\x00\x3f\x00"  # Ns=1: Y alone
+    non_interleaved = baseline[:scan] + luma_only + baseline[scan + 6 + 2 * baseline[scan + 4] :]
+    assert jpeg_top_rows(non_interleaved, 8) is None  # its first scan is not the only one: left whole
+    assert jpeg_top_rows(b"\xff\xd8\xff\xda\xff\xd9", 8) is None  # a scan without a frame header
+    assert jpeg_top_rows(baseline[: scan + 2] + b"\xff\xd9", 8) is None  # a scan header cut short
     assert jpeg_top_rows(baseline, 63) is None  # nothing left to cut below
     assert jpeg_top_rows(b"\xff\xd8\xff\xd9", 8) is None  # no frame header at all
 

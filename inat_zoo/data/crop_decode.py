@@ -55,16 +55,19 @@ def _interp_name(mode: Any) -> str | None:
 
 
 def _jpeg_segments(data: bytes):
-    """``(marker, offset)`` of each header segment of JPEG ``data`` up to the first scan, read without decoding."""
+    """``(marker, offset)`` of each header segment of JPEG ``data`` up to and including the first scan header (SOS),
+    read without decoding."""
     pos = 2  # after SOI
     while pos + 4 <= len(data) and data[pos] == 0xFF:
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte before a marker
             pos += 1
             continue
-        if marker in (0xDA, 0xD9):  # start of scan / end of image: no more header segments
+        if marker == 0xD9:  # end of image
             return
         yield marker, pos
+        if marker == 0xDA:  # start of scan: entropy-coded data follows, no more header segments to read
+            return
         pos += 2 + max(int.from_bytes(data[pos + 2 : pos + 4], "big"), 2)
 
 
@@ -97,16 +100,23 @@ def jpeg_top_rows(data: bytes, rows: int) -> bytes | None:
     with that warning allowed; the file is only cut when it ends with its EOI marker, which keeps truncated files on
     the strict path.
     """
-    if not data.endswith(b"\xff\xd9") or data.count(b"\xff\xda") != 1:  # entropy data never holds FF DA
+    if not data.endswith(b"\xff\xd9"):
         return None
+    frame = None
     for marker, pos in _jpeg_segments(data):
         if marker in (0xC0, 0xC1):  # baseline / extended sequential Huffman frame
-            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            frame = pos
+        elif 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # progressive, lossless, arithmetic
+            return None
+        elif marker == 0xDA:
+            # a sequential file codes each component in exactly one scan: a first scan with all of the frame's
+            # components is the only one, anything else (a non-interleaved file) is left whole
+            if frame is None or not frame + 9 < pos + 4 < len(data) or data[pos + 4] != data[frame + 9]:
+                return None
+            height = int.from_bytes(data[frame + 5 : frame + 7], "big")
             if rows + 1 >= height:
                 return None
-            return b"".join((data[: pos + 5], (rows + 1).to_bytes(2, "big"), data[pos + 7 :]))
-        if 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # progressive, lossless, arithmetic
-            return None
+            return b"".join((data[: frame + 5], (rows + 1).to_bytes(2, "big"), data[frame + 7 :]))
     return None
 
 
