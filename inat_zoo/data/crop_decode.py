@@ -176,8 +176,9 @@ class FusedRandomResizedCrop:
         params = self._params(width, height)
         i, j, h, w, mode = params
         scale = draft_scale(w, h, self.out_w, self.out_h)
-        top = jpeg_top_rows(data, i + h + scale)  # the box's rows, rounded out at this scale; the rest stays unread
-        rows = height if top is None else simplejpeg.decode_jpeg_header(top)[0]
+        needed = i + h + scale  # the box's rows, rounded out at this scale; the rest stays unread
+        top = jpeg_top_rows(data, needed)
+        rows = height if top is None else needed + 1  # the height the cut copy's frame header claims
         try:
             pixels = simplejpeg.decode_jpeg(
                 data if top is None else top,
