@@ -8,13 +8,14 @@ all, so the figure is per-core work) of:
 - baseline: ``torchvision.datasets.ImageFolder`` (full PIL decode) + the timm train transform;
 - no_cache: ``load_inat12k`` + ``create_image_loader`` (what the trainer uses) + the same transform, its random
   resized crop fused with decoding (crop drawn on the header size, JPEG decoded by libjpeg-turbo straight to numpy
-  at the smallest DCT scale that still covers the output and only down to the crop's bottom row, torch's uint8
-  antialiased resize) and its ToTensor/Normalize run in the collate, straight into the batch;
+  at the smallest DCT scale that still covers the output: with the optional C extension only the crop rectangle is
+  reconstructed, without it whole rows down to the crop's bottom; torch's uint8 antialiased resize) and its
+  ToTensor/Normalize run in the collate, straight into the batch (``jpeg_decoder`` in the output says which);
 - cached:   ``prepare_dataset`` (one-time resized copy in the Arrow cache, not timed per epoch) + the same.
 
-A fourth figure, ``decode_only``, times only the fused crop's JPEG decode (no resize, no tensors): the ceiling of
-any no_cache pipeline that decodes the same files at the same DCT scales (libjpeg-turbo must entropy-decode every
-row down to the crop's bottom, at any scale).
+A fourth figure, ``decode_only``, times only the fused crop's JPEG decode (the same decoder, no resize, no
+tensors): the ceiling of the no_cache pipeline (libjpeg-turbo must entropy-decode every row down to the crop's
+bottom, at any scale, whatever it reconstructs).
 
 Timing: ``--rounds`` seeded draw sets (random crops and flips), each run ``--repeats`` times by every pipeline in
 turn with the same draws. A pipeline's time for a draw set is its best repeat (machine noise only ever slows a
@@ -107,7 +108,7 @@ def run(images: int, size: int, rounds: int, repeats: int, batch_size: int, augm
         from torchvision.datasets import ImageFolder
 
         from inat_zoo.data import create_image_loader, create_image_transform, load_inat12k, prepare_dataset
-        from inat_zoo.data.crop_decode import FusedRandomResizedCrop
+        from inat_zoo.data.crop_decode import JPEG_DECODER, FusedRandomResizedCrop
         from inat_zoo.data.prepare import short_side_for
         from inat_zoo.data.transforms import resolve_data_config
 
@@ -163,6 +164,7 @@ def run(images: int, size: int, rounds: int, repeats: int, batch_size: int, augm
         "ratio_cached": round(rate["cached"] / rate["baseline"], 2),
         "decode_only_images_per_s": round(rate["decode_only"], 1),
         "ratio_decode_only": round(rate["decode_only"] / rate["baseline"], 2),
+        "jpeg_decoder": JPEG_DECODER,
         "prepare_s": round(prepare_s, 1),
         "generate_s": round(generate_s, 1),
         "augment": augment or {},
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'(decode)':<10} {result['decode_only_images_per_s']:>10.1f} {result['ratio_decode_only']:>11.2f}x"
         "  ceiling for no_cache: the JPEG decode alone"
     )
+    print(f"JPEG decoder: {result['jpeg_decoder']}")
     print(f"one-time prepare: {result['prepare_s']} s; generating the images: {result['generate_s']} s")
     return 0
 

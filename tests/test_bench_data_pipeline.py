@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from inat_zoo.data.crop_decode import JPEG_DECODER
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "data_pipeline.py"
 
 
@@ -24,4 +26,5 @@ def test_data_pipeline_bench_reports_all_ratios(tmp_path):
     for key in ("ratio_no_cache", "ratio_cached", "ratio_decode_only"):
         assert result[key] > 0, key
     assert "RandomResizedCropAndInterpolation" in result["transform"]
+    assert result["jpeg_decoder"] == JPEG_DECODER  # the decoder this install has, named in the figures
     assert not list(tmp_path.glob("inat_zoo_bench_*"))  # the generated photos and caches were removed

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from inat_zoo.cli import main
+from inat_zoo.data import crop_decode
 
 from .data_helpers import add_bad_files, copy_subset
 
@@ -24,6 +25,7 @@ def test_check_reports_counts(sample_root, capsys):
     out = capsys.readouterr().out
     assert "train/: 120 images in 10 classes" in out and "val/: 40 images in 10 classes" in out
     assert "    synth_waves: 12" in out and "no unreadable files" in out
+    assert f"training crops of JPEGs decode with: {crop_decode.JPEG_DECODER}\n" in out  # which decoder is built
 
 
 def test_check_names_bad_files_and_strict_fails(sample_root, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""The fused crop's byte-level decoders (simplejpeg for JPEG, a numpy view for PPM) against its Pillow path."""
+"""The fused crop's byte-level decoders (libjpeg-turbo for JPEG: the region extension or simplejpeg; a numpy view
+for PPM) against its Pillow path."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from timm.data.transforms import RandomResizedCropAndInterpolation
 
@@ -28,6 +30,16 @@ def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
     return buf.getvalue()
 
 
+@pytest.fixture(params=["region", "rows"])
+def jpeg_decoder(request, monkeypatch):
+    """Both JPEG decoders: the C extension's region decode and, as without it, simplejpeg's whole rows."""
+    if request.param == "region" and crop_decode._libjpeg_region is None:
+        pytest.skip(crop_decode.JPEG_DECODER)  # test_data_libjpeg_region fails where it should have been built
+    if request.param == "rows":
+        monkeypatch.setattr(crop_decode, "_libjpeg_region", None)
+    return request.param
+
+
 def _regions(fused: FusedRandomResizedCrop, data: bytes, seed: int):
     """(fast path region, Pillow path region) for the same random draw; the fast one is None if it declined."""
     random.seed(seed)
@@ -47,7 +59,7 @@ def _regions(fused: FusedRandomResizedCrop, data: bytes, seed: int):
         (_photo(200, 150, seed=5), {"quality": 90, "restart_marker_rows": 1}),  # restart markers in the scan
     ],
 )
-def test_jpeg_fast_path_gives_pillows_pixels_at_every_scale(image, options, monkeypatch):
+def test_jpeg_fast_path_gives_pillows_pixels_at_every_scale(image, options, jpeg_decoder, monkeypatch):
     data = _encode(image, "JPEG", **options)
     cuts = []
     monkeypatch.setattr(crop_decode, "jpeg_top_rows", lambda *a: cuts.append(jpeg_top_rows(*a)) or cuts[-1])
@@ -58,14 +70,16 @@ def test_jpeg_fast_path_gives_pillows_pixels_at_every_scale(image, options, monk
         )
         for seed in range(4):
             fast, slow = _regions(fused, data, seed)
-            assert fast is not None, "simplejpeg declined a plain JPEG"
+            assert fast is not None, "the fast path declined a plain JPEG"
             assert fast[1:] == slow[1:]  # same interpolation, same DCT scale
             assert fast[0].shape == slow[0].shape and fast[0].dtype == np.uint8
             assert np.array_equal(fast[0], slow[0])  # libjpeg-turbo both ways: identical pixels
             scales.add(fast[2])
     assert scales >= {1, 2}  # the reduced decodes were exercised, not only full ones
     partial = [c for c in cuts if c is not None]
-    if options.get("progressive"):
+    if jpeg_decoder == "region":
+        assert not cuts  # the extension reads only what the box needs by itself
+    elif options.get("progressive"):
         assert not partial  # a progressive file is never cut short
     else:
         assert partial and len(partial) < len(cuts)  # crops high in the photo decoded only their top rows
@@ -160,15 +174,24 @@ def test_source_bytes_reads_paths_once(tmp_path):
         source_bytes(3)
 
 
-def test_a_jpeg_libjpeg_refuses_goes_to_pillow_with_the_same_draw(monkeypatch):
+def test_a_jpeg_libjpeg_refuses_goes_to_pillow_with_the_same_draw(jpeg_decoder, monkeypatch):
     from PIL import ImageFile
 
     data = _encode(_photo(120, 90), "JPEG", quality=90)
     truncated = data[: int(len(data) * 0.7)]  # header intact, scan cut: libjpeg's strict mode refuses it
     step = RandomResizedCropAndInterpolation(32, interpolation="bicubic")
     fused = FusedRandomResizedCrop.from_step(step)
-    with pytest.raises(OSError, match="truncated"):
-        fused({"bytes": truncated, "path": None})  # Pillow's own error, not a simplejpeg ValueError
+    small = RandomResizedCropAndInterpolation(8, scale=(0.02, 0.05), interpolation="bicubic")
+    bottoms = []
+    for seed in range(8):  # small crops, some far above the cut: a truncated file is refused wherever the box is
+        random.seed(seed)
+        i, _, h, _ = small.get_params(torch.empty(1, 90, 120), small.scale, small.ratio)
+        bottoms.append(i + h)
+        for crop in (fused, FusedRandomResizedCrop.from_step(small)):
+            random.seed(seed)
+            with pytest.raises(OSError, match="truncated"):
+                crop({"bytes": truncated, "path": None})  # Pillow's own error, not libjpeg's ValueError
+    assert min(bottoms) < 30  # the test did draw a box the surviving data covers
 
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # a user who accepts truncated files
     random.seed(7)

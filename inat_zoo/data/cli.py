@@ -96,9 +96,11 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from .checks import check_folder, format_paths
+    from .crop_decode import JPEG_DECODER
 
     report = check_folder(args.root)
     print(report.format())
+    print(f"training crops of JPEGs decode with: {JPEG_DECODER}")
     if args.strict and report.bad_files:
         raise UsageError(f"{args.root}: {len(report.bad_files)} unreadable file(s): {format_paths(report.bad_files)}")
     return 0

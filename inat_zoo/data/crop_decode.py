@@ -13,8 +13,11 @@ it with PIL's per-pixel bicubic filter are the two big costs of the naive pipeli
 
 Decoders, fastest first (:func:`decode_region`):
 
-- baseline/progressive YCbCr or grey JPEGs without an EXIF rotation: ``simplejpeg`` (libjpeg-turbo straight into a
-  numpy array, the same pixels as Pillow's decoder at every scale, without Pillow's 4-byte RGB buffer and copies);
+- baseline/progressive YCbCr or grey JPEGs without an EXIF rotation: libjpeg-turbo straight into a numpy array, the
+  same pixels as Pillow's decoder at every scale, without Pillow's 4-byte RGB buffer and copies. With the optional C
+  extension (``_libjpeg_region``, built by ``setup.py`` where the libjpeg-turbo headers are) only the crop rectangle
+  is reconstructed; without it ``simplejpeg`` decodes whole rows down to the crop (:func:`jpeg_top_rows`).
+  :data:`JPEG_DECODER` says which one runs;
 - binary PPM (what ``prepare_dataset`` stores): a numpy view of the bytes, nothing to decode;
 - anything else (PNG, CMYK JPEGs, EXIF rotations, 16-bit, alpha, palette, PIL images): Pillow, with ``draft`` for
   JPEGs, the whole image decoded upright first where the RGB conversion or rotation needs it.
@@ -39,6 +42,14 @@ _PLAIN_MODES = ("RGB", "L")  # crop first, convert after: same pixels as convert
 _TORCH_MODES = {"bilinear": "bilinear", "bicubic": "bicubic"}  # PIL filters torch's antialiased kernels follow
 _SIMPLEJPEG_COLORSPACES = ("YCbCr", "Gray")  # libjpeg converts these to RGB exactly as Pillow does
 _PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+255\s")  # 8-bit binary PPM: what prepare_dataset writes
+
+try:  # optional, like PyYAML's libyaml loader: the package works without it, the same pixels, ~15% slower
+    from . import _libjpeg_region
+except ImportError as exc:  # not built (no compiler or headers at install time) or libjpeg too old at run time
+    _libjpeg_region = None
+    JPEG_DECODER = f"simplejpeg, whole rows (the region decoder is not available: {exc})"
+else:
+    JPEG_DECODER = f"libjpeg-turbo {_libjpeg_region.LIBJPEG_TURBO_VERSION} region decode (_libjpeg_region)"
 
 
 def draft_scale(box_w: float, box_h: float, out_w: int, out_h: int) -> int:
@@ -120,6 +131,37 @@ def jpeg_top_rows(data: bytes, rows: int) -> bytes | None:
     return None
 
 
+def _decode_box(data: bytes, scale: int, rows: slice, cols: slice) -> np.ndarray:
+    """The ``rows`` x ``cols`` rectangle of JPEG ``data`` at 1/``scale``, nothing else reconstructed (the C
+    extension)."""
+    import numpy as np
+
+    if not data.endswith(b"\xff\xd9"):  # maybe truncated: the strict path must see it even if the crop is above
+        raise ValueError("JPEG data without its end-of-image marker")
+    height, width = rows.stop - rows.start, cols.stop - cols.start
+    pixels = _libjpeg_region.decode_region(data, scale, cols.start, rows.start, width, height)
+    return np.frombuffer(pixels, np.uint8).reshape(height, width, 3)  # a bytearray: writable, as torch wants
+
+
+def _decode_rows(data: bytes, scale: int, rows: slice, cols: slice, width: int, height: int) -> np.ndarray:
+    """The same rectangle of the ``width`` x ``height`` JPEG with simplejpeg: whole rows at 1/``scale``, a baseline
+    file cut just below the box."""
+    import simplejpeg
+
+    needed = rows.stop * scale + scale  # the box's rows at full size, rounded out; the rest stays unread
+    top = jpeg_top_rows(data, needed)
+    pixels = simplejpeg.decode_jpeg(
+        data if top is None else top,
+        "RGB",
+        min_height=-(-(height if top is None else needed + 1) // scale),  # the height the cut copy claims
+        min_width=-(-width // scale),
+        strict=top is None,  # a cut file leaves data unread, which strict mode calls corrupt
+    )
+    if pixels.shape[1] != -(-width // scale):  # never seen: simplejpeg picks the scale from the sizes asked for
+        raise ValueError(f"simplejpeg decoded {pixels.shape[1]} columns, not {-(-width // scale)}")
+    return pixels[rows, cols]
+
+
 class FusedRandomResizedCrop:
     """Decode + timm ``RandomResizedCropAndInterpolation`` in one step; returns a uint8 tensor (3, H, W).
 
@@ -176,22 +218,14 @@ class FusedRandomResizedCrop:
         params = self._params(width, height)
         i, j, h, w, mode = params
         scale = draft_scale(w, h, self.out_w, self.out_h)
-        needed = i + h + scale  # the box's rows, rounded out at this scale; the rest stays unread
-        top = jpeg_top_rows(data, needed)
-        rows = height if top is None else needed + 1  # the height the cut copy's frame header claims
+        # libjpeg's size at 1/scale rounds up
+        rows, cols = self._scaled_box((i, j, h, w), scale, -(-width // scale), -(-height // scale))
         try:
-            pixels = simplejpeg.decode_jpeg(
-                data if top is None else top,
-                "RGB",
-                min_height=-(-rows // scale),
-                min_width=-(-width // scale),
-                strict=top is None,  # a cut file leaves data unread, which strict mode calls corrupt
-            )
+            if _libjpeg_region is not None:
+                return _decode_box(data, scale, rows, cols), mode, scale
+            return _decode_rows(data, scale, rows, cols, width, height), mode, scale
         except ValueError:  # something libjpeg's strict mode refuses: Pillow decides (and raises if it is broken)
             return self._pil_region({"bytes": data, "path": None}, params)  # the same draw: RNG use stays timm's
-        scale = round(width / pixels.shape[1])
-        rows, cols = self._scaled_box((i, j, h, w), scale, pixels.shape[1], pixels.shape[0])
-        return pixels[rows, cols], mode, scale
 
     def _ppm_region(self, data: bytes) -> tuple[np.ndarray, str, int] | None:
         import numpy as np
