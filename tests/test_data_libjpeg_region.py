@@ -105,7 +105,7 @@ def test_bad_requests_and_data_are_value_errors_naming_the_problem():
         region.decode_region(data, 2, 10, 0, 11, 4)
     with pytest.raises(ValueError, match="outside"):
         region.decode_region(data, 1, 0, 29, 4, 2)
-    for bad in ((-1, 0, 4, 4), (0, -1, 4, 4), (0, 0, 0, 4), (0, 0, 4, 0)):
+    for bad in ((-1, 0, 4, 4), (0, -1, 4, 4), (0, 0, 0, 4), (0, 0, 4, 0), (2**31 - 1, 0, 4, 4), (0, 65499, 4, 4)):
         with pytest.raises(ValueError, match="bad region"):
             region.decode_region(data, 1, *bad)
     with pytest.raises(ValueError, match="libjpeg: "):

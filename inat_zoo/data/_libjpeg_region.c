@@ -136,7 +136,8 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
         PyBuffer_Release(&data);
         return PyErr_Format(PyExc_ValueError, "scale must be 1, 2, 4 or 8, not %d", scale);
     }
-    if (left < 0 || top < 0 || width <= 0 || height <= 0 || width > 65535 || height > 65535) {
+    if (left < 0 || top < 0 || width <= 0 || height <= 0 || (long)left + width > JPEG_MAX_DIMENSION ||
+        (long)top + height > JPEG_MAX_DIMENSION) { /* no JPEG is larger: and no int overflows below */
         PyBuffer_Release(&data);
         return PyErr_Format(PyExc_ValueError, "bad region %dx%d at (%d, %d)", width, height, left, top);
     }
