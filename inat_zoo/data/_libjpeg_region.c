@@ -115,6 +115,7 @@ static int decode(const unsigned char *data, size_t size, int scale, int left, i
         memcpy(out + (size_t)r * stride, row + shift, stride);
     }
     free(row);
+    row = NULL; /* nothing for the error path to free twice */
     jpeg_abort_decompress(&cinfo); /* the rows below the crop stay undecoded */
     jpeg_destroy_decompress(&cinfo);
     return 1;
