@@ -29,7 +29,12 @@ def test_the_region_decoder_is_built_where_libjpeg_turbo_headers_are():
         assert crop_decode.JPEG_DECODER.startswith("libjpeg-turbo ")
 
 
-region = pytest.importorskip("inat_zoo.data._libjpeg_region", reason=crop_decode.JPEG_DECODER)
+@pytest.fixture
+def region():
+    """The extension module; its tests skip where it is not built (the test above says whether it should be)."""
+    if crop_decode._libjpeg_region is None:
+        pytest.skip(crop_decode.JPEG_DECODER)
+    return crop_decode._libjpeg_region
 
 
 def _photo(width: int, height: int, seed: int) -> Image.Image:
@@ -74,7 +79,7 @@ def _boxes(rng: np.random.Generator, width: int, height: int):
         ("L", {"quality": 90}),  # grey, out as RGB
     ],
 )
-def test_every_rectangle_has_the_full_decodes_pixels_at_every_scale(mode, options):
+def test_every_rectangle_has_the_full_decodes_pixels_at_every_scale(mode, options, region):
     width, height = 83, 61  # odd sizes: partial iMCUs on the right and at the bottom
     data = _jpeg(_photo(width, height, seed=len(options)).convert(mode), **options)
     rng = np.random.default_rng(0)
@@ -87,7 +92,7 @@ def test_every_rectangle_has_the_full_decodes_pixels_at_every_scale(mode, option
             assert np.array_equal(got, full[top : top + h, left : left + w]), (scale, left, top, w, h)
 
 
-def test_a_file_damaged_below_the_rectangle_is_not_read_there():
+def test_a_file_damaged_below_the_rectangle_is_not_read_there(region):
     width, height = 64, 96
     data = _jpeg(_photo(width, height, seed=3), quality=90)
     cut = data[: len(data) // 2]  # roughly the top half survives
@@ -97,7 +102,7 @@ def test_a_file_damaged_below_the_rectangle_is_not_read_there():
         region.decode_region(cut, 1, 0, height - 8, width, 8)
 
 
-def test_bad_requests_and_data_are_value_errors_naming_the_problem():
+def test_bad_requests_and_data_are_value_errors_naming_the_problem(region):
     data = _jpeg(_photo(40, 30, seed=1), quality=90)
     with pytest.raises(ValueError, match="scale must be 1, 2, 4 or 8, not 3"):
         region.decode_region(data, 3, 0, 0, 4, 4)
@@ -119,7 +124,7 @@ def test_bad_requests_and_data_are_value_errors_naming_the_problem():
         region.decode_region("not bytes", 1, 0, 0, 1, 1)
 
 
-def test_threads_decode_at_once_without_mixing_results():
+def test_threads_decode_at_once_without_mixing_results(region):
     # the decode runs without the GIL: each thread's own libjpeg state, its own output
     files = [_jpeg(_photo(96, 64, seed=seed), quality=90) for seed in range(4)]
     expected = [_full(data, 96, 1)[10:50, 5:90] for data in files]

@@ -47,7 +47,10 @@ try:  # optional, like PyYAML's libyaml loader: the package works without it, th
     from . import _libjpeg_region
 except ImportError as exc:  # not built (no compiler or headers at install time) or libjpeg too old at run time
     _libjpeg_region = None
-    JPEG_DECODER = f"simplejpeg, whole rows (the region decoder is not available: {exc})"
+    JPEG_DECODER = (
+        f"simplejpeg, whole rows (the optional region decoder did not load: {exc}; it is built at install time where"
+        " a C compiler and the libjpeg-turbo headers are)"
+    )
 else:
     JPEG_DECODER = f"libjpeg-turbo {_libjpeg_region.LIBJPEG_TURBO_VERSION} region decode (_libjpeg_region)"
 
