@@ -188,6 +188,9 @@ def _loader_options(size: int, batch_size: int, train: bool) -> dict:
 
 
 def _loader(dataset, batch_size: int, *, train: bool, num_workers: int, pin_memory: bool):
+    """A plain DataLoader (cached features). Shuffled, accelerate's seedable sampler orders it by (seed, epoch); its
+    own generator keeps the start of an epoch from drawing on the global RNG that dropout uses."""
+    import torch
     from torch.utils.data import DataLoader
 
     return DataLoader(
@@ -196,15 +199,19 @@ def _loader(dataset, batch_size: int, *, train: bool, num_workers: int, pin_memo
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),
     )
 
 
-def _image_loader(split, transform, data_config, batch_size: int, *, train: bool, num_workers: int, pin_memory: bool):
+def _image_loader(
+    split, transform, data_config, batch_size: int, *, train: bool, num_workers: int, pin_memory: bool, seed: int
+):
+    """Images through the fast decoder; shuffled, each sample's augmentation is seeded by (seed, epoch, index)."""
     from .data import create_image_loader
 
     options = _loader_options(len(split), batch_size, train)
     return create_image_loader(
-        split, transform, data_config, **options, num_workers=num_workers, pin_memory=pin_memory
+        split, transform, data_config, **options, num_workers=num_workers, pin_memory=pin_memory, seed=seed
     )
 
 
@@ -287,10 +294,18 @@ class _Trainer:
             train=True,
             num_workers=nw,
             pin_memory=pin,
+            seed=recipe["seed"],
         )
         self.val_loader, self.test_loader = (
             _image_loader(
-                dsdict[split], eval_tf, self.data_config, eval_bs, train=False, num_workers=nw, pin_memory=pin
+                dsdict[split],
+                eval_tf,
+                self.data_config,
+                eval_bs,
+                train=False,
+                num_workers=nw,
+                pin_memory=pin,
+                seed=recipe["seed"],
             )
             for split in ("validation", "test")
         )
@@ -378,7 +393,14 @@ class _Trainer:
         features = {}
         for split in ("train", "validation", "test"):
             images = _image_loader(
-                dsdict[split], eval_tf, self.data_config, eval_bs, train=False, num_workers=nw, pin_memory=pin
+                dsdict[split],
+                eval_tf,
+                self.data_config,
+                eval_bs,
+                train=False,
+                num_workers=nw,
+                pin_memory=pin,
+                seed=self.recipe["seed"],
             )
             # each rank extracts its shard; gather_for_metrics inside gives every rank the whole split
             features[split] = cache.get(split, acc.prepare_data_loader(images), acc, progress=self.is_main)

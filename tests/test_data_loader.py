@@ -41,7 +41,10 @@ def _batches(loader, seed: int) -> list[dict]:
 def test_loader_batches_equal_per_item_transform_batches(splits, is_training, augment):
     transform = create_image_transform(CONFIG, is_training, augment)
     split = splits["validation"]
-    reference = torch.utils.data.DataLoader(with_image_transform(split, transform, CONFIG), batch_size=8)
+    # neither loader draws its worker base seed from the global RNG: the transforms see the same stream
+    reference = torch.utils.data.DataLoader(
+        with_image_transform(split, transform, CONFIG), batch_size=8, generator=torch.Generator()
+    )
     loader = create_image_loader(split, transform, CONFIG, batch_size=8)
     ours, theirs = _batches(loader, 5), _batches(reference, 5)
     assert len(ours) == len(theirs) == -(-len(split) // 8)
@@ -97,3 +100,59 @@ def test_collate_builds_batches_in_shared_memory_inside_workers(splits, monkeypa
     assert not in_main["pixel_values"].is_shared() and in_worker["pixel_values"].is_shared()
     assert torch.equal(in_main["pixel_values"], in_worker["pixel_values"])
     assert in_worker["pixel_values"].shape == (4, 3, 32, 32) and in_worker["pixel_values"].is_contiguous()
+
+
+AUGMENT = {"color_jitter": 0.4, "re_prob": 0.5, "vflip": 0.5}  # every kind of random step: crop, flips, tail
+
+
+def _epoch(loader, epoch: int) -> list[dict]:
+    loader.sampler.set_epoch(epoch)
+    return list(loader)
+
+
+def _by_index(batches: list[dict], keys: list) -> dict[int, torch.Tensor]:
+    pixels = torch.cat([b["pixel_values"] for b in batches])
+    return {key.index: image for key, image in zip(keys, pixels, strict=True)}
+
+
+def test_shuffled_loader_is_a_function_of_seed_epoch_and_index_only(splits):
+    """The promise behind exact resume: workers, batch size, the global RNG and where an epoch starts change
+    nothing; the epoch and the seed change everything."""
+    transform = create_image_transform(CONFIG, True, AUGMENT)
+    split = splits["train"]
+
+    def loader(**kwargs):
+        options = {"batch_size": 8, "shuffle": True, "seed": 3, **kwargs}
+        return create_image_loader(split, transform, CONFIG, **options)
+
+    serial = loader()
+    serial.sampler.set_epoch(2)
+    keys = list(serial.sampler)
+    torch.manual_seed(0)
+    random.seed(0)
+    state = torch.get_rng_state(), random.getstate()
+    reference = _epoch(serial, 2)
+    assert torch.equal(torch.get_rng_state(), state[0]) and random.getstate() == state[1]  # caller's RNG untouched
+    assert sorted(k.index for k in keys) == list(range(len(split)))
+    for batch, start in zip(reference, range(0, len(keys), 8), strict=True):
+        assert batch["label"].tolist() == [split[k.index]["label"] for k in keys[start : start + 8]]
+    torch.manual_seed(123)  # another global state: nothing changes
+    for other in (_epoch(loader(num_workers=2), 2), _epoch(loader(num_workers=1), 2)):
+        assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(other, reference, strict=True))
+    # another batch size groups other samples: each sample's pixels (head and tail) are still its own
+    expected = _by_index(reference, keys)
+    regrouped = _by_index(_epoch(loader(batch_size=5), 2), keys)
+    assert all(torch.equal(regrouped[i], expected[i]) for i in expected)
+    # a resumed epoch skips its first batches: the rest are the same batches
+    from accelerate.data_loader import skip_first_batches
+
+    resumed = skip_first_batches(serial, 3)
+    serial.sampler.set_epoch(2)
+    assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(resumed, reference[3:], strict=True))
+    # a new epoch: a new order and new augmentation of the same sample
+    serial.sampler.set_epoch(3)
+    next_keys = list(serial.sampler)
+    assert [k.index for k in next_keys] != [k.index for k in keys]
+    assert not torch.equal(_by_index(_epoch(serial, 3), next_keys)[0], expected[0])
+    other_seed = create_image_loader(split, transform, CONFIG, batch_size=8, shuffle=True, seed=4)
+    assert not torch.equal(_epoch(other_seed, 2)[0]["pixel_values"], reference[0]["pixel_values"])

@@ -62,14 +62,20 @@ class BatchColorJitter:
     def __init__(self, jitter: Any) -> None:
         self.jitter = jitter
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """``x``: float (B, 3, H, W) in [0, 1]; ``seeds``: one per image, reseeding the global RNGs before its
+        draw (the caller preserves them), else the draws come from the RNGs as they stand."""
         import torch
         from torchvision.transforms import functional as F
+
+        from .seeding import reseed_global_rngs
 
         j = self.jitter
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         factors = []
         for i in range(x.shape[0]):
+            if seeds is not None:
+                reseed_global_rngs(seeds[i])
             order, b, c, s, h = j.get_params(j.brightness, j.contrast, j.saturation, j.hue)
             groups[tuple(order.tolist())].append(i)
             factors.append((b, c, s, h))
@@ -135,9 +141,11 @@ class BatchedTransform:
             img = step(img)
         return img
 
-    def tail(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
+    def tail(self, crops: Sequence[torch.Tensor], seeds: Sequence[int] | None = None) -> torch.Tensor:
         """uint8 (H, W, 3) crops of one size (a list or a (B, H, W, 3) batch) -> normalised float32 (B, 3, H, W),
-        exactly as ToTensor + Normalize do per image."""
+        exactly as ToTensor + Normalize do per image. With ``seeds`` (one per crop) the random steps of each image
+        draw from the global RNGs reseeded with its seed, which are restored afterwards (see
+        :mod:`inat_zoo.data.seeding`)."""
         import torch
 
         h, w, c = crops[0].shape
@@ -148,10 +156,29 @@ class BatchedTransform:
             image.copy_(pixels.permute(2, 0, 1)).div_(255)  # transpose + convert in one pass, then scale
             if self.jitter is None:
                 image.sub_(mean).div_(std)
+        if seeds is None or (self.jitter is None and self.erasing is None):  # nothing random to seed
+            return self._random_tail(x, mean, std, None)
+        from .seeding import preserved_global_rngs
+
+        with preserved_global_rngs():
+            return self._random_tail(x, mean, std, seeds)
+
+    def _random_tail(
+        self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, seeds: Sequence[int] | None
+    ) -> torch.Tensor:
+        """Jitter (then normalisation) and erasing on the float batch ``x`` (B, 3, H, W); per-image draws when
+        ``seeds`` are given, so each image's result does not depend on the others in its batch."""
+        from .seeding import ERASING_STREAM, derive_seed, reseed_global_rngs
+
         if self.jitter is not None:
-            x = self.jitter(x).sub_(mean).div_(std)
+            x = self.jitter(x, seeds).sub_(mean).div_(std)
         if self.erasing is not None:
-            x = self.erasing(x)
+            if seeds is None:
+                x = self.erasing(x)
+            else:
+                for image, seed in zip(x, seeds, strict=True):
+                    reseed_global_rngs(derive_seed(seed, ERASING_STREAM))  # apart from the same image's jitter draw
+                    self.erasing(image)  # timm's RandomErasing erases a (C, H, W) tensor in place
         return x
 
     def _after_crop(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,11 +200,15 @@ class BatchedTransform:
             return x.permute(1, 2, 0)
         return torch.from_numpy(np.array(img if img.mode == "RGB" else img.convert("RGB")))
 
-    def crops_uint8(self, values: Sequence[Any]) -> list[torch.Tensor]:
-        """The head from undecoded ``datasets`` image values, the crop fused with decoding: uint8 (H, W, 3) each."""
+    def crop_uint8(self, value: Any) -> torch.Tensor:
+        """The head from one undecoded ``datasets`` image value, the crop fused with decoding: uint8 (H, W, 3)."""
         if self.crop is None:
             raise ValueError("this transform does not start with timm's RandomResizedCrop; decode and call it")
-        return [self._after_crop(self.crop(value)) for value in values]
+        return self._after_crop(self.crop(value))
+
+    def crops_uint8(self, values: Sequence[Any]) -> list[torch.Tensor]:
+        """:meth:`crop_uint8` of each value."""
+        return [self.crop_uint8(value) for value in values]
 
     def head_uint8(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         """The PIL head on decoded images: uint8 (H, W, 3) each."""
@@ -187,11 +218,12 @@ class BatchedTransform:
         heads = [self._pil_head(img) for img in images]
         return [torch.from_numpy(np.array(h if h.mode == "RGB" else h.convert("RGB"))) for h in heads]
 
-    def finish(self, crops: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def finish(self, crops: Sequence[torch.Tensor], seeds: Sequence[int] | None = None) -> list[torch.Tensor]:
         """The tail on uint8 (H, W, 3) crops, as one batch when their sizes agree: float32 (3, H, W) each."""
         if len({c.shape for c in crops}) == 1:
-            return list(self.tail(crops).unbind(0))
-        return [self.tail([c])[0] for c in crops]  # sizes differ: one at a time
+            return list(self.tail(crops, seeds).unbind(0))
+        # sizes differ: one at a time
+        return [self.tail([c], None if seeds is None else [seeds[i]])[0] for i, c in enumerate(crops)]
 
     def from_values(self, values: Sequence[Any]) -> list[torch.Tensor]:
         """The whole transform from undecoded ``datasets`` image values, the crop fused with decoding."""
@@ -218,7 +250,8 @@ class ImageCollate:
         from torch.utils.data import default_collate
 
         pixels = [item["pixel_values"] for item in items]
-        rest = default_collate([{k: v for k, v in item.items() if k != "pixel_values"} for item in items])
+        seeds = [item["seed"] for item in items] if "seed" in items[0] else None  # see inat_zoo.data.seeding
+        rest = default_collate([{k: v for k, v in it.items() if k not in ("pixel_values", "seed")} for it in items])
         if self.batched is None or pixels[0].dtype != torch.uint8:  # a transform that finished per image
             return {"pixel_values": torch.stack(pixels), **rest}
-        return {"pixel_values": self.batched.tail(pixels), **rest}
+        return {"pixel_values": self.batched.tail(pixels, seeds), **rest}

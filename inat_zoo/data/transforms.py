@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
@@ -249,6 +249,11 @@ class ImageBatchTransform:
     With ``defer_tail`` the items stop before the tail, as uint8 (H, W, 3), for
     :class:`~inat_zoo.data.batched.ImageCollate` to finish in the DataLoader. A plain module-level class, so the
     dataset stays picklable for DataLoader workers.
+
+    Called with ``seeds`` (one 64-bit seed per image, see :mod:`inat_zoo.data.seeding`), each image's random steps
+    draw from the global RNGs reseeded with its own seed, and its tail from a seed derived from it (carried in the
+    items as ``"seed"`` when the tail is deferred); the caller's RNG streams are left as they were. Without
+    ``seeds`` the steps draw from the global RNGs as they stand, as a plain timm transform would.
     """
 
     def __init__(
@@ -261,15 +266,49 @@ class ImageBatchTransform:
         self.batched = BatchedTransform.from_transform(transform)
         self.defer_tail = defer_tail
 
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+    def _head(self, value: Any) -> torch.Tensor:
+        """One image's per-image steps: a finished float tensor (3, H, W) when the transform cannot be split, else
+        the uint8 (H, W, 3) crop before the tail."""
         if self.batched is None:
-            pixels = [self.transform(decode_image(value, self.min_side)) for value in batch["image"]]
-            return {"pixel_values": pixels, "label": batch["label"]}
+            return self.transform(decode_image(value, self.min_side))
         if self.batched.crop is not None:
-            crops = self.batched.crops_uint8(batch["image"])
+            return self.batched.crop_uint8(value)
+        return self.batched.head_uint8([decode_image(value, self.min_side)])[0]
+
+    def __call__(self, batch: dict[str, list], seeds: Sequence[int] | None = None) -> dict[str, list]:
+        values, labels = batch["image"], batch["label"]
+        if seeds is None:
+            heads, tail_seeds = [self._head(value) for value in values], None
         else:
-            crops = self.batched.head_uint8([decode_image(value, self.min_side) for value in batch["image"]])
-        return {"pixel_values": crops if self.defer_tail else self.batched.finish(crops), "label": batch["label"]}
+            from .seeding import TAIL_STREAM, derive_seed, preserved_global_rngs, reseed_global_rngs
+
+            heads = []
+            with preserved_global_rngs():
+                for value, seed in zip(values, seeds, strict=True):
+                    reseed_global_rngs(seed)
+                    heads.append(self._head(value))
+            tail_seeds = [derive_seed(seed, TAIL_STREAM) for seed in seeds]
+        if self.batched is None:
+            return {"pixel_values": heads, "label": labels}
+        if not self.defer_tail:
+            return {"pixel_values": self.batched.finish(heads, tail_seeds), "label": labels}
+        out = {"pixel_values": heads, "label": labels}
+        if tail_seeds is not None:
+            out["seed"] = tail_seeds
+        return out
+
+
+def undecoded_images(split: datasets.Dataset) -> datasets.Dataset:
+    """``split`` with its ``image`` column read as ``{"bytes", "path"}`` (``datasets.Image(decode=False)``), for the
+    decoders of this package. Raises :class:`UsageError` when the ``image`` or ``label`` column is missing."""
+    import datasets
+
+    if "image" not in split.column_names or "label" not in split.column_names:
+        raise UsageError(f"dataset needs 'image' and 'label' columns, has {split.column_names}")
+    feature = split.features["image"]
+    if isinstance(feature, datasets.Image) and feature.decode:
+        split = split.cast_column("image", datasets.Image(decode=False))
+    return split
 
 
 def with_image_transform(
@@ -284,13 +323,8 @@ def with_image_transform(
     The image column is read undecoded and decoded by :func:`decode_image` at the scale the data config needs, so
     ``DataLoader(ds, batch_size, num_workers=k)`` with the default collate works and skips most JPEG work.
     ``defer_tail=True`` leaves a timm transform's ToTensor/Normalize (and jitter, erasing) to the DataLoader's
-    collate: items are uint8 ``[H, W, C]``; :func:`inat_zoo.data.create_image_loader` pairs the two.
+    collate: items are uint8 ``[H, W, C]``; :func:`inat_zoo.data.create_image_loader` pairs the two. Random steps
+    draw from the global RNGs; :func:`inat_zoo.data.create_image_loader` with ``shuffle=True`` seeds them per sample.
     """
-    import datasets
-
-    if "image" not in split.column_names or "label" not in split.column_names:
-        raise UsageError(f"dataset needs 'image' and 'label' columns, has {split.column_names}")
-    feature = split.features["image"]
-    if isinstance(feature, datasets.Image) and feature.decode:
-        split = split.cast_column("image", datasets.Image(decode=False))
+    split = undecoded_images(split)
     return split.with_transform(ImageBatchTransform(transform, decode_short_side(data_config), defer_tail))
