@@ -5,8 +5,9 @@ average; nature_12K's average is ~318 KB, where the entropy decode both pipeline
 ``ratio_no_cache`` is lower) in a temporary folder, then measures images/s through a DataLoader (num_workers=0 for
 all, so the figure is per-core work) of:
 
-- baseline: ``torchvision.datasets.ImageFolder`` (full PIL decode) + the timm train transform;
-- no_cache: ``load_inat12k`` + ``create_image_loader`` (what the trainer uses) + the same transform, its random
+- baseline: torchvision's PIL image loader (full decode, as ``ImageFolder``) + the timm train transform;
+- no_cache: ``load_inat12k`` + ``create_image_loader(shuffle=True, seed=...)`` (what the trainer uses: per-sample
+  augmentation seeds, see ``inat_zoo/data/seeding.py``) + the same transform, its random
   resized crop fused with decoding (crop drawn on the header size, JPEG decoded by libjpeg-turbo straight to numpy
   at the smallest DCT scale that still covers the output: with the optional C extension only the crop rectangle is
   reconstructed, without it whole rows down to the crop's bottom; torch's uint8 antialiased resize) and its
@@ -18,9 +19,11 @@ tensors): the ceiling of the no_cache pipeline (libjpeg-turbo must entropy-decod
 bottom, at any scale, whatever it reconstructs).
 
 Timing: ``--rounds`` seeded draw sets (random crops and flips), each run ``--repeats`` times by every pipeline in
-turn with the same draws. A pipeline's time for a draw set is its best repeat (machine noise only ever slows a
-pass down), and its throughput is all images over the sum of those times: the mean over every draw, as an epoch
-sees them, not the luckiest set of crops.
+turn with the same draws: a draw set is an epoch of the trainer's seeded sampler, and the baseline reseeds the
+global RNGs with the same per-sample seed before each image, so every pipeline crops each photo the same way
+(``pixel_diff_vs_baseline`` in the output checks it on a few images). A pipeline's time for a draw set is its best
+repeat (machine noise only ever slows a pass down), and its throughput is all images over the sum of those times:
+the mean over every draw, as an epoch sees them, not the luckiest set of crops.
 ``--json`` prints one object with ``ratio_no_cache`` and ``ratio_cached``. Targets: >= 2.5x and >= 5x.
 """
 
@@ -66,14 +69,36 @@ def write_folder(root: Path, images: int, seed: int = 0) -> int:
     return total
 
 
-def reseed(seed: int) -> None:
-    """The same random crops and flips for every pipeline and repeat of a draw set: identical work to compare."""
-    import random
+class SeededBaseline:
+    """The naive pipeline: torchvision's PIL loader (full decode, as ``ImageFolder``) + the transform, over the
+    training split's files in the split's order. Image ``index`` in epoch ``e`` is transformed under the same
+    per-sample seed as the trainer's loader gives that row: the same crops and flips as ours, identical work."""
 
-    import torch
+    def __init__(self, split, transform, seed: int) -> None:
+        from inat_zoo.data.transforms import undecoded_images
 
-    random.seed(seed)
-    torch.manual_seed(seed)
+        self.paths = [value["path"] for value in undecoded_images(split)["image"]]
+        self.labels = list(split["label"])
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        from torchvision.datasets.folder import default_loader
+
+        from inat_zoo.data.seeding import reseed_global_rngs, sample_seed
+
+        reseed_global_rngs(sample_seed(self.seed, key.epoch, key.index))
+        return self.transform(default_loader(self.paths[key.index])), self.labels[key.index]
+
+
+def set_draw_set(loaders: dict, draw_set: int) -> None:
+    """Every pipeline reads draw set ``draw_set`` as epoch ``draw_set`` of its seeded sampler."""
+    for loader in loaders.values():
+        if loader is not None:
+            loader.sampler.set_epoch(draw_set)
 
 
 def seconds_for(loader, limit: int) -> float:
@@ -85,6 +110,20 @@ def seconds_for(loader, limit: int) -> float:
         if seen >= limit:
             break
     return time.perf_counter() - start
+
+
+def pixel_diff_vs_baseline(baseline, loader, count: int = 8) -> float:
+    """Largest mean absolute difference (normalised units) between the baseline's and ``loader``'s version of the
+    first ``count`` photos in draw set 0: a few hundredths when both cropped alike (PIL's resize vs torch's), ~1 when
+    the crops differ."""
+    from inat_zoo.data.seeding import SampleKey
+
+    worst = 0.0
+    for index in range(count):
+        theirs, _label = baseline[SampleKey(0, index)]
+        ours = loader.collate_fn(loader.dataset.__getitems__([SampleKey(0, index)]))["pixel_values"][0]
+        worst = max(worst, (ours - theirs).abs().mean().item())
+    return worst
 
 
 def decode_seconds(crop, values: list) -> float:
@@ -105,11 +144,11 @@ def run(images: int, size: int, rounds: int, repeats: int, batch_size: int, augm
         import datasets
         import timm
         import torch
-        from torchvision.datasets import ImageFolder
 
         from inat_zoo.data import create_image_loader, create_image_transform, load_inat12k, prepare_dataset
         from inat_zoo.data.crop_decode import JPEG_DECODER, FusedRandomResizedCrop
         from inat_zoo.data.prepare import short_side_for
+        from inat_zoo.data.seeding import EpochSampler, reseed_global_rngs
         from inat_zoo.data.transforms import resolve_data_config
 
         torch.set_num_threads(1)
@@ -129,13 +168,16 @@ def run(images: int, size: int, rounds: int, repeats: int, batch_size: int, augm
         prepared = prepare_dataset(dsdict, short_side_for(size), num_proc=1)
         prepare_s = time.perf_counter() - t0
 
+        seeded = {"batch_size": batch_size, "shuffle": True, "seed": 0}  # as the trainer reads its training split
         pipelines = {
-            "baseline": torch.utils.data.DataLoader(
-                ImageFolder(str(tmp / "data" / "train"), transform=transform), batch_size=batch_size, num_workers=0
-            ),
-            "no_cache": create_image_loader(dsdict["train"], transform, data_config, batch_size=batch_size),
-            "cached": create_image_loader(prepared["train"], transform, data_config, batch_size=batch_size),
+            "no_cache": create_image_loader(dsdict["train"], transform, data_config, **seeded),
+            "cached": create_image_loader(prepared["train"], transform, data_config, **seeded),
         }
+        baseline = SeededBaseline(dsdict["train"], transform, seed=0)
+        pipelines["baseline"] = torch.utils.data.DataLoader(
+            baseline, batch_size=batch_size, sampler=EpochSampler(len(baseline), 0), num_workers=0
+        )
+        pixel_diff = pixel_diff_vs_baseline(baseline, pipelines["no_cache"])
         limit = len(dsdict["train"])
         crop = FusedRandomResizedCrop.from_step(transform.transforms[0])
         undecoded = list(dsdict["train"].cast_column("image", datasets.Image(decode=False))["image"])
@@ -145,7 +187,8 @@ def run(images: int, size: int, rounds: int, repeats: int, batch_size: int, augm
             best = dict.fromkeys(timed, float("inf"))
             for _ in range(repeats):
                 for name, loader in timed.items():
-                    reseed(draw_set)
+                    set_draw_set(pipelines, draw_set)
+                    reseed_global_rngs(draw_set)  # decode_only draws its crops from the global RNGs
                     took = decode_seconds(crop, undecoded) if loader is None else seconds_for(loader, limit)
                     best[name] = min(best[name], took)
             for name in timed:
@@ -165,6 +208,7 @@ def run(images: int, size: int, rounds: int, repeats: int, batch_size: int, augm
         "decode_only_images_per_s": round(rate["decode_only"], 1),
         "ratio_decode_only": round(rate["decode_only"] / rate["baseline"], 2),
         "jpeg_decoder": JPEG_DECODER,
+        "pixel_diff_vs_baseline": round(pixel_diff, 4),
         "prepare_s": round(prepare_s, 1),
         "generate_s": round(generate_s, 1),
         "augment": augment or {},
