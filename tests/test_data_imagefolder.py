@@ -114,7 +114,7 @@ def test_class_with_only_bad_files_is_an_error(sample_root, tmp_path):
         ("stray_image", "outside a class folder"),
         ("one_class", "need at least 2"),
         ("unknown_test_class", "classes not in train/"),
-        ("no_root", "no such folder"),
+        ("no_root", "does not exist"),
     ],
 )
 def test_layout_errors(sample_root, tmp_path, breakage, message):
