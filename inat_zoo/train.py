@@ -413,6 +413,9 @@ class _Trainer:
         acc.save_state(str(partial))
         acc.wait_for_everyone()
         if self.is_main:
+            from .atomic import apply_default_modes
+
+            apply_default_modes(partial)  # save_state writes the weights 0600 (safetensors): make them umask's
             atomic_write_json(partial / STATE_FILE, asdict(self.state))
             if final.exists():
                 shutil.rmtree(final)
