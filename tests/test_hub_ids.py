@@ -117,3 +117,12 @@ def test_a_bad_hub_model_reference_is_one_line(tmp_path, capsys, ref):
     err = capsys.readouterr().err
     assert err.startswith(f"inat-zoo: error: MODEL {ref!r} is not a valid Hub id") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_hub_model_in_a_recipe_is_one_line(sample_root, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(sample_root, tmp_path / "out"))
+    assert main(["train", str(recipe), "model.name=hf-hub:me/inat--x"]) == 2  # was an HFValidationError traceback
+    err = capsys.readouterr().err
+    assert err.startswith("inat-zoo: error:") and err.count("\n") == 1
+    assert "recipe key 'model.name' 'hf-hub:me/inat--x' is not a valid Hub id: Cannot have --" in err
+    assert not (tmp_path / "out").exists()
