@@ -1,6 +1,8 @@
 """Write files and folders so that a crash never leaves a half-written one behind.
 
 Everything is written to a temporary sibling first and moved into place with ``os.replace`` (atomic on POSIX).
+What is moved into place has the mode an ordinary ``open``/``mkdir`` would give it under the process umask (read
+without changing it), whatever temporary-file machinery wrote it: see :func:`apply_default_modes`.
 """
 
 from __future__ import annotations
@@ -9,21 +11,59 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def current_umask() -> int:
+    """The process umask, read without changing it.
+
+    ``os.umask`` can only be read by setting it, and while it is set to anything else, files that other threads
+    create (DataLoader pin-memory threads, W&B, a datasets writer) get the wrong mode. Linux shows it in
+    ``/proc/self/status`` (``Umask:``, since 4.7); elsewhere a probe file created with ``os.open(..., 0o777)`` shows
+    it in its mode.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _probe_umask()
 
 
-def _publish_mode(path: str | os.PathLike, is_dir: bool) -> None:
-    """mkstemp/mkdtemp create 0600/0700 entries; give the final file or folder the usual umask-based mode."""
-    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+def _probe_umask() -> int:
+    with tempfile.TemporaryDirectory(prefix=".umask_probe_") as folder:
+        probe = os.path.join(folder, "probe")
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o777))
+        return 0o777 & ~stat.S_IMODE(os.stat(probe).st_mode)
+
+
+def default_mode(is_dir: bool, executable: bool = False) -> int:
+    """The mode ``open``/``mkdir`` give a new file or folder under the current umask (0o644 / 0o755 under 022)."""
+    return (0o777 if is_dir or executable else 0o666) & ~current_umask()
+
+
+def apply_default_modes(path: str | os.PathLike) -> None:
+    """Give ``path`` and, for a folder, everything under it the mode a plain ``open``/``mkdir`` would have given.
+
+    ``tempfile.mkstemp``/``mkdtemp`` create 0600/0700 entries, and libraries that write through them (safetensors'
+    ``save_file``, so timm's ``save_for_hf`` and accelerate's ``save_state``) leave weights 0600 next to 0644
+    files: a shared run folder that colleagues cannot read. Call it on what the project itself just wrote, before
+    it is renamed into place. Symbolic links are left alone.
+    """
+    umask = current_umask()
+    root = Path(path)
+    for entry in [root, *root.rglob("*")] if root.is_dir() and not root.is_symlink() else [root]:
+        if entry.is_symlink():
+            continue
+        mode = os.stat(entry).st_mode
+        full = 0o777 if stat.S_ISDIR(mode) or mode & 0o111 else 0o666
+        os.chmod(entry, full & ~umask)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -35,7 +75,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        _publish_mode(tmp, is_dir=False)
+        os.chmod(tmp, default_mode(is_dir=False))  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -63,7 +103,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
-        _publish_mode(tmp, is_dir=True)
+        apply_default_modes(tmp)  # the folder (mkdtemp: 0700) and whatever libraries wrote into it
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} already exists")

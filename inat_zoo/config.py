@@ -213,7 +213,11 @@ def _head_cache(key: str, v: Any) -> str | bool:
 def _model_name(key: str, v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise UsageError(f"recipe key {key!r} must be a timm model name, got {v!r}")
-    if v.startswith(("hf-hub:", "local-dir:")):
+    if v.startswith("hf-hub:"):
+        from .hub_ids import parse_hub_id
+
+        return f"hf-hub:{parse_hub_id(v, f'recipe key {key!r}', allow_revision=True)}"
+    if v.startswith("local-dir:"):
         return v
     import timm
 

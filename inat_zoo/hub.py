@@ -12,7 +12,6 @@ import argparse
 import copy
 import json
 import logging
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -25,13 +24,13 @@ from huggingface_hub import HfApi, get_token
 from .atomic import atomic_directory, atomic_write_text
 from .config import read_yaml_mapping
 from .errors import UsageError
+from .hub_ids import hub_dataset_id, parse_hub_id
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 IMAGES_DIR = "images"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _REQUIRED_CONFIG_KEYS = ("architecture", "num_classes", "pretrained_cfg")
 _REQUIRED_DATA_KEYS = ("input_size", "mean", "std")
 
@@ -155,20 +154,18 @@ def _test_accuracy(metrics: dict[str, Any], eval_metrics: dict[str, Any] | None)
 
 
 def check_repo_id(repo_id: str) -> str:
-    if not _REPO_ID.match(repo_id or ""):
-        raise UsageError(f"--repo-id {repo_id!r} must look like USER/NAME (letters, digits, '-', '_', '.')")
-    return repo_id
+    """``--repo-id`` as a bare Hub id (``hf-hub:`` stripped), by the project's one rule (:mod:`inat_zoo.hub_ids`)."""
+    return parse_hub_id(repo_id, "--repo-id")
 
 
 def shareable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     """The recipe as published: local folders cut to their names (``data.root``, ``output_dir``), so a public repo
     never shows the author's paths; a Hub dataset id stays. The result still loads with ``load_recipe``."""
-    from .model_card import is_hub_dataset_id
-
     out = copy.deepcopy(recipe)
     data = out.get("data")
-    if isinstance(data, dict) and data.get("root") and not is_hub_dataset_id(str(data["root"])):
-        data["root"] = Path(str(data["root"])).name
+    if isinstance(data, dict) and data.get("root"):
+        hub_id = hub_dataset_id(data["root"])
+        data["root"] = hub_id if hub_id is not None else Path(str(data["root"])).name
     if out.get("output_dir"):
         out["output_dir"] = str(Path("runs") / Path(str(out["output_dir"])).name)
     return out
@@ -189,7 +186,7 @@ def build_hub_folder(
     """
     from .model_card import build_model_card, plot_training_curves
 
-    check_repo_id(repo_id)
+    repo_id = check_repo_id(repo_id)  # before anything is read or written
     run = read_run(run_dir)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -252,7 +249,7 @@ def push(
     An existing README.md on the Hub (a card the owner may have edited) is kept unless ``overwrite_card``.
     """
     token = require_token()
-    check_repo_id(repo_id)
+    repo_id = check_repo_id(repo_id)
     with tempfile.TemporaryDirectory(prefix="inat_zoo_hub_") as tmp:
         folder = build_hub_folder(run_dir, Path(tmp) / "hub", repo_id, license=license)
         from . import __version__
@@ -309,5 +306,5 @@ def run_cli(args: argparse.Namespace) -> int:
         license=args.license,
     )
     print(f"pushed {args.run} to {url}")
-    print(f'load it with: timm.create_model("hf-hub:{args.repo_id}", pretrained=True)')
+    print(f'load it with: timm.create_model("hf-hub:{check_repo_id(args.repo_id)}", pretrained=True)')
     return 0

@@ -21,6 +21,7 @@ from timm.models import parse_model_name, split_model_name_tag
 
 from . import models  # noqa: F401  (registers the inat_* architectures before any create_model)
 from .errors import UsageError
+from .hub_ids import parse_hub_id
 
 MODEL_FOLDER = "model"
 RECIPE_FILE = "recipe.yaml"
@@ -65,7 +66,7 @@ def resolve_model_ref(ref: str) -> tuple[str, Path | None]:
             raise UsageError(f"{folder} has no config.json: not a timm save_for_hf model folder (from {ref})")
         return f"local-dir:{folder.resolve()}", _run_dir_of_model_folder(folder)
     if source == "hf-hub":
-        return ref, None
+        return f"hf-hub:{parse_hub_id(ref, 'MODEL', allow_revision=True)}", None
     name, _tag = split_model_name_tag(model_id)
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .errors import UsageError
+from .hub_ids import hub_dataset_id
 from .resources import bundled_path
 
 if TYPE_CHECKING:
@@ -53,11 +54,6 @@ _FREEZE_TEXT = {
 }
 
 
-def is_hub_dataset_id(root: str) -> bool:
-    """``owner/name`` that is not a local folder: a ``data.root`` naming a Hub dataset."""
-    return root.count("/") == 1 and not root.startswith((".", "/", "~")) and not Path(root).exists()
-
-
 def dataset_info(label_names: Sequence[str], recipe: dict[str, Any]) -> dict[str, Any]:
     """Which data the run used, judged from its class names: the real iNaturalist 12K, the synthetic sample, or other.
 
@@ -65,7 +61,7 @@ def dataset_info(label_names: Sequence[str], recipe: dict[str, Any]) -> dict[str
     ``datasets`` metadata, so the card never links a dataset that does not exist.
     """
     root = str((recipe.get("data") or {}).get("root") or "")
-    hub_id = root if is_hub_dataset_id(root) else None
+    hub_id = hub_dataset_id(root)  # the bare id (no hf-hub:), by the one rule of inat_zoo.hub_ids
     if all(name.startswith(SYNTHETIC_PREFIX) for name in label_names):
         return {
             "synthetic": True,

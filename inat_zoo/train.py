@@ -109,13 +109,14 @@ def check_run_directory(recipe: dict) -> Path | None:
 
 
 def check_data_root(recipe: dict) -> None:
-    root = recipe["data"]["root"]
-    if root.startswith("hf-hub:"):
-        return  # an explicit Hub dataset id: load_inat12k resolves it (and names it if it fails)
-    if not Path(root).is_dir():
-        raise UsageError(
-            f"data.root {root!r} does not exist (run `inat-zoo data download` or `inat-zoo data sample --root DIR`)"
-        )
+    """``data.root`` is an existing local path or a valid Hub dataset id (the one rule: :mod:`inat_zoo.hub_ids`);
+    whether the Hub dataset exists is known when load_inat12k loads it, still before anything is written."""
+    from .hub_ids import resolve_data_root
+
+    try:
+        resolve_data_root(recipe["data"]["root"], "data.root")
+    except UsageError as e:
+        raise UsageError(f"{e} (run `inat-zoo data download` or `inat-zoo data sample --root DIR`)") from e
 
 
 # ------------------------------------------------------------------------------------------------ components
@@ -434,6 +435,9 @@ class _Trainer:
         acc.save_state(str(partial))
         acc.wait_for_everyone()
         if self.is_main:
+            from .atomic import apply_default_modes
+
+            apply_default_modes(partial)  # save_state writes the weights 0600 (safetensors): make them umask's
             atomic_write_json(partial / STATE_FILE, asdict(self.state))
             if final.exists():
                 shutil.rmtree(final)

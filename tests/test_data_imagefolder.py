@@ -8,7 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
+from PIL import Image
 
 from inat_zoo.data import check_folder, load_inat12k
 from inat_zoo.data import checks as checks_module
@@ -114,7 +116,7 @@ def test_class_with_only_bad_files_is_an_error(sample_root, tmp_path):
         ("stray_image", "outside a class folder"),
         ("one_class", "need at least 2"),
         ("unknown_test_class", "classes not in train/"),
-        ("no_root", "no such folder"),
+        ("no_root", "does not exist"),
     ],
 )
 def test_layout_errors(sample_root, tmp_path, breakage, message):
@@ -151,3 +153,59 @@ def test_hub_id_offline_is_a_usage_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # "someone/nothing-here" is no local folder
     with pytest.raises(UsageError, match="someone/nothing-here.*Hub dataset"):
         load_inat12k("someone/nothing-here")
+
+
+def _write_odd_images(folder: Path) -> None:
+    """One file per awkward storage: grey, CMYK, RGBA, palette with a transparent index, 16-bit grey, EXIF-rotated."""
+    folder.mkdir(parents=True)
+    stem = folder.parent.name + folder.name  # distinct file names across splits and classes
+    Image.new("L", (48, 40), 99).save(folder / f"{stem}_grey.jpg")
+    Image.new("CMYK", (48, 40), (0, 255, 255, 0)).save(folder / f"{stem}_cmyk.jpg")
+    rgba = np.zeros((40, 48, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:, 24:, 3] = 255  # left half fully transparent, right half opaque red
+    Image.fromarray(rgba, "RGBA").save(folder / f"{stem}_rgba.png")
+    palette = Image.new("P", (48, 40), 3)
+    palette.putpalette([0, 0, 0] * 3 + [10, 20, 30] + [0, 0, 0] * 252)
+    palette.save(folder / f"{stem}_palette.png", transparency=3)  # every pixel is the transparent index
+    Image.fromarray(np.full((40, 48), 65535, np.uint16)).save(folder / f"{stem}_16bit.png")
+    landscape = np.zeros((40, 64, 3), np.uint8)
+    landscape[:, :8] = 255  # a white stripe on the left edge, stored landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": shown portrait, the stripe along the top
+    Image.fromarray(landscape).save(folder / f"{stem}_exif.jpg", exif=exif, quality=95)
+
+
+def test_every_row_of_every_split_is_upright_rgb_by_the_training_rule(tmp_path):
+    """The public dataset decodes like the training path (decode_image), before and after prepare_dataset."""
+    from inat_zoo.data import prepare_dataset
+    from inat_zoo.data.transforms import decode_image
+
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            _write_odd_images(tmp_path / split / name)
+    dsdict = load_inat12k(tmp_path, val_fraction=0.5, seed=0)
+    prepared = prepare_dataset(dsdict, 16)  # the cached copy the trainer can use: same rule, then shrunk
+    kinds = set()
+    for name, split in dsdict.items():
+        raw = split.cast_column("image", datasets.Image(decode=False))  # the datasets idiom still gives paths
+        for i in range(len(split)):
+            path = raw[i]["image"]["path"]
+            image, reference = split[i]["image"], decode_image({"path": path, "bytes": None})
+            assert image.mode == "RGB", (name, path, image.mode)
+            assert np.array_equal(np.asarray(image), np.asarray(reference)), (name, path)
+            kind = Path(path).stem.split("_")[-1]
+            kinds.add(kind)
+            pixels = np.asarray(image)
+            if kind == "exif":  # rotated: portrait, the white stripe now along the top
+                assert image.size == (40, 64) and pixels[:6].mean() > 240 and pixels[10:].mean() < 15
+            elif kind in ("rgba", "palette"):  # transparency on white, not black
+                assert (pixels[:, :20] == 255).all()
+            elif kind == "16bit":  # scaled to 8 bits, not clipped
+                assert (pixels == 255).all()
+            small = prepared[name][i]["image"]  # map keeps the row order
+            assert small.mode == "RGB" and min(small.size) == 16, (name, path, small.mode, small.size)
+            shrunk = np.asarray(reference.resize(small.size, Image.Resampling.BICUBIC), np.float64)
+            assert abs(np.asarray(small, np.float64).mean() - shrunk.mean()) < 3, (name, path)
+    assert kinds == {"grey", "cmyk", "rgba", "palette", "16bit", "exif"}
+    assert len(dsdict["test"]) == 12 and len(dsdict["train"]) + len(dsdict["validation"]) == 12

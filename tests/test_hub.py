@@ -340,7 +340,7 @@ def test_user_errors(tmp_path, run_and_model, hub_folder, capsys):
     assert main(["push", str(tmp_path / "untrained"), "--repo-id", REPO_ID, "--dry-run", str(tmp_path / "x")]) == 2
     assert "has no model/ — train it first" in capsys.readouterr().err
     assert main(["push", str(run), "--repo-id", "no-owner", "--dry-run", str(tmp_path / "y")]) == 2
-    assert "USER/NAME" in capsys.readouterr().err
+    assert "org/name" in capsys.readouterr().err
     assert main(["push", str(run), "--repo-id", REPO_ID, "--dry-run", str(hub_folder)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
@@ -415,3 +415,48 @@ def test_a_run_recipe_that_is_not_a_mapping_is_a_usage_error(tmp_path):
     (run / "recipe.yaml").write_text("model: [unclosed\n")
     with pytest.raises(UsageError, match="run recipe .* is not valid YAML"):
         hub.read_run(run)
+
+
+@pytest.mark.parametrize(
+    "repo_id, reason",
+    [
+        ("me/inat--x", "Cannot have -- or .."),  # the regex of old accepted it; the Hub client raised a traceback
+        ("me/inat..x", "Cannot have -- or .."),
+        ("me/-inat", "alphanumeric"),
+        ("me/" + "x" * 97, "maximum length is 96"),
+        ("no-owner", "org/name"),
+        ("org/team/name", "org/name"),
+        ("hf-hub:me/inat@v1", "revision"),
+    ],
+)
+def test_bad_repo_id_one_line_nothing_written(tmp_path, run_and_model, fake_hub, capsys, repo_id, reason):
+    run, _ = run_and_model
+    out = tmp_path / "dry"
+    for argv in (["--dry-run", str(out)], []):  # a dry run writes no card; a push calls nothing on the Hub
+        assert main(["push", str(run), "--repo-id", repo_id, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"inat-zoo: error: --repo-id {repo_id!r} is not a valid Hub id")
+        assert reason in err and err.count("\n") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+    assert [call for call, _ in RecordingHfApi.calls] == []
+
+
+def test_hf_hub_prefixed_repo_id_is_published_bare(tmp_path, run_and_model, fake_hub):
+    run, _ = run_and_model
+    out = hub.build_hub_folder(run, tmp_path / "dry", f"hf-hub:{REPO_ID}")
+    card = ModelCard.load(out / "README.md")
+    assert f'timm.create_model("hf-hub:{REPO_ID}"' in card.text and "hf-hub:hf-hub:" not in card.text
+    hub.push(run, f"hf-hub:{REPO_ID}")
+    assert _calls("create_repo")[0]["repo_id"] == REPO_ID
+
+
+@pytest.mark.parametrize("root", ["hf-hub:someone/inat12k", "someone/inat12k"])
+def test_card_datasets_field_holds_the_bare_hub_id(tmp_path, root):
+    """A run trained on a Hub dataset (either spelling of data.root): the card links ``someone/inat12k``."""
+    run, _ = _make_run(tmp_path / "run", labels=["owl", "fox", "elk"])  # not the synthetic sample's classes
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["data"]["root"] = root
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    out = hub.build_hub_folder(run, tmp_path / "dry", REPO_ID)
+    assert ModelCard.load(out / "README.md").data.datasets == ["someone/inat12k"]
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["data"]["root"] == "someone/inat12k"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+from ..hub_ids import resolve_data_root
 from .checks import check_folder, find_bad_files, format_paths, scan_root
 
 if TYPE_CHECKING:
@@ -16,9 +16,43 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_folder", "load_inat12k", "split_train_validation"]
+__all__ = ["DecodeRGB", "check_folder", "load_inat12k", "split_train_validation", "with_rgb_images"]
 
-_HUB_ID = re.compile(r"^(hf-hub:)?[\w.-]+/[\w.-]+$")
+
+class DecodeRGB:
+    """``datasets`` format transform: each decoded ``image`` of a batch made an upright 8-bit RGB PIL image.
+
+    The rule is the training path's own :func:`inat_zoo.data.transforms.decode_image` (EXIF orientation applied,
+    transparency composited on white, 16-bit greys scaled to 8 bits, CMYK/palette/grey converted), so a row of the
+    public dataset and a training crop of the same file start from the same pixels. Only PIL images are touched:
+    after ``cast_column("image", datasets.Image(decode=False))`` the raw ``{"bytes", "path"}`` values pass through,
+    as ``datasets`` users expect, and ``ds["label"]`` decodes nothing. A module-level class: it pickles.
+    """
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        from PIL import Image
+
+        from .transforms import decode_image
+
+        if "image" in batch:
+            batch["image"] = [decode_image(v) if isinstance(v, Image.Image) else v for v in batch["image"]]
+        return batch
+
+
+def with_rgb_images(data: datasets.Dataset | datasets.DatasetDict) -> datasets.Dataset | datasets.DatasetDict:
+    """``data`` (a new object) whose ``image`` column decodes to upright 8-bit RGB PIL images (:class:`DecodeRGB`).
+
+    ``datasets.Image(mode="RGB")`` is not used on purpose: its plain ``convert("RGB")`` turns transparent pixels
+    black and clips 16-bit images. The training path (``with_image_transform``) replaces this format transform with
+    its own fused decoder, which starts from the same pixels.
+    """
+    import datasets
+
+    splits = data.values() if isinstance(data, datasets.DatasetDict) else [data]
+    if any(not isinstance(split.features.get("image"), datasets.Image) for split in splits):
+        raise UsageError("dataset needs an 'image' column of type datasets.Image")
+    # a plain decoding Image(): no mode conversion of its own (a Hub dataset may declare one), DecodeRGB does it
+    return data.cast_column("image", datasets.Image()).with_transform(DecodeRGB())
 
 
 def split_train_validation(train: datasets.Dataset, val_fraction: float, seed: int) -> datasets.DatasetDict:
@@ -103,20 +137,19 @@ def load_inat12k(
       silently drop the labels) or fewer than 2 classes raise :class:`UsageError`. Unreadable images (empty,
       truncated, not an image) are skipped with a logged warning naming them, or refused with ``strict=True``.
       Verdicts are cached per file (path, size, mtime), so only the first run decodes every file.
-    - ``image`` is the ordinary decoded ``datasets.Image`` column (``ds[i]["image"]`` is a PIL image), but the
-      training path does not use that decoder: :func:`inat_zoo.data.transforms.with_image_transform` reads the
-      stored path/bytes itself with Pillow ``draft`` (JPEG decoded at reduced scale, 1.6-1.9x faster), applies
-      EXIF orientation and converts every mode to RGB.
-    - ``root`` that is not a local folder but looks like ``org/name`` (or ``hf-hub:org/name``) is loaded from the
+    - ``ds[i]["image"]`` is an upright 8-bit RGB PIL image, whatever the file holds (grey, CMYK, palette, RGBA,
+      16-bit, EXIF-rotated), by the training path's own rule (:func:`with_rgb_images`). Training does not decode
+      rows one by one: :func:`inat_zoo.data.transforms.with_image_transform` replaces that transform with its fused
+      decoder (JPEG decoded at reduced scale, only the crop), which starts from the same pixels.
+    - ``root`` that is not a local path but a Hub dataset id ``org/name`` (or ``hf-hub:org/name``; the rule is
+      :func:`inat_zoo.hub_ids.resolve_data_root`, shared with training, evaluate, prepare and push) is loaded from the
       Hub; its Image and ClassLabel columns become ``image`` and ``label``, its ``test`` (or ``validation``) split
       becomes ``test``, and ``validation`` is again held out of ``train``.
     """
     import datasets
 
-    path = Path(root)
-    if not path.exists() and _HUB_ID.match(str(root)):
-        dsdict = _load_hub(str(root).removeprefix("hf-hub:"))
-    else:
-        dsdict = _load_local(path, strict)
+    source = resolve_data_root(root, "data root")
+    dsdict = _load_hub(source) if isinstance(source, str) else _load_local(source, strict)
     parts = split_train_validation(dsdict["train"], val_fraction, seed)
-    return datasets.DatasetDict(train=parts["train"], validation=parts["validation"], test=dsdict["test"])
+    splits = datasets.DatasetDict(train=parts["train"], validation=parts["validation"], test=dsdict["test"])
+    return with_rgb_images(splits)

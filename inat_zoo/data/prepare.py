@@ -15,6 +15,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from .imagefolder import with_rgb_images
 from .transforms import DEFAULT_CROP_PCT, decode_image, decode_short_side
 
 if TYPE_CHECKING:
@@ -60,7 +61,9 @@ def prepare_split(
 
     if "image" not in split.column_names:
         raise UsageError(f"dataset needs an 'image' column, has {split.column_names}")
-    source = split.cast_column("image", datasets.Image(decode=False))
+    # the raw {"bytes", "path"} values, without any format transform (load_inat12k's RGB decoder): _shrink_batch
+    # decodes them itself, at reduced scale
+    source = split.with_format(None).cast_column("image", datasets.Image(decode=False))
     fingerprint = Hasher.hash(("inat_zoo.prepare", _FORMAT_VERSION, split._fingerprint, short_side, image_format))
     features = source.features.copy()
     shrunk = source.map(
@@ -73,7 +76,7 @@ def prepare_split(
         new_fingerprint=fingerprint,
         desc=desc or f"preparing images (short side {short_side} px)",
     )
-    return shrunk.cast_column("image", datasets.Image())
+    return with_rgb_images(shrunk)
 
 
 def prepare_dataset(
@@ -81,8 +84,9 @@ def prepare_dataset(
 ) -> datasets.DatasetDict:
     """Every split of ``dsdict`` with its images resized so the short side is ``short_side`` (never enlarged),
     EXIF-rotated, RGB, stored in the Arrow cache (``image_format`` "raw" or "jpeg", see the module docstring).
-    Same columns and labels; ``image`` still decodes to PIL. ``num_proc`` defaults to up to 8 processes for splits
-    of 2000+ images. Shows a progress bar per split (datasets' ``map``).
+    Same columns and labels; ``image`` decodes to an upright RGB PIL image by the rule of
+    :func:`~inat_zoo.data.load_inat12k`. ``num_proc`` defaults to up to 8 processes for splits of 2000+ images.
+    Shows a progress bar per split (datasets' ``map``).
 
     Under ``accelerate``, call it inside ``accelerator.main_process_first()`` so one process writes the cache.
     """
