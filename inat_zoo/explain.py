@@ -4,6 +4,11 @@ Works for any timm CNN: the first conv is ``pretrained_cfg["first_conv"]`` and t
 last ``feature_info`` level (``stages.4`` for FlexibleCNN, ``layer4`` for ResNets). Captum's guided backprop only
 rewrites the backward pass of ``nn.ReLU`` modules; for other activations the result would silently be the plain
 gradient, so that case is detected, warned about and titled as plain gradients.
+
+The pictures show test images (one per class, round-robin) or the files given with ``--image``; the images and the
+predicted labels come from the one evaluation rule (:func:`inat_zoo.evaluate.model_logits`), so a picture's label is
+the prediction ``inat-zoo evaluate`` counts. An ``--image`` that cannot be read is ``inat-zoo: error: <file>:
+<reason>`` (exit 2); unreadable test images are skipped and named in a warning.
 """
 
 from __future__ import annotations
@@ -365,7 +370,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--image",
         action="append",
         metavar="FILE",
-        help="explain this image file instead of test images (repeat for several); no data is loaded",
+        help="explain this image file instead of test images (repeat for several; --images is then ignored)",
     )
     parser.add_argument("--integrated-gradients", action="store_true", help="also write integrated_gradients.png")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
