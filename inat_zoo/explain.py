@@ -4,6 +4,11 @@ Works for any timm CNN: the first conv is ``pretrained_cfg["first_conv"]`` and t
 last ``feature_info`` level (``stages.4`` for FlexibleCNN, ``layer4`` for ResNets). Captum's guided backprop only
 rewrites the backward pass of ``nn.ReLU`` modules; for other activations the result would silently be the plain
 gradient, so that case is detected, warned about and titled as plain gradients.
+
+The pictures show test images (one per class, round-robin) or the files given with ``--image``; the images and the
+predicted labels come from the one evaluation rule (:func:`inat_zoo.evaluate.model_logits`), so a picture's label is
+the prediction ``inat-zoo evaluate`` counts. An ``--image`` that cannot be read is ``inat-zoo: error: <file>:
+<reason>`` (exit 2); unreadable test images are skipped and named in a warning.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import math
 import textwrap
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +27,11 @@ import torch
 from torch import nn
 
 from .atomic import atomic_directory
+from .data.decode import format_skipped, read_image_file
 from .errors import UsageError
-from .evaluate import check_out_dir, default_device, default_out_dir, load_eval_data
+from .evaluate import EvalImages, check_out_dir, default_device, default_out_dir, load_eval_data, model_logits
 from .loading import LoadedModel, load_model
-from .plots import RIGHT, WRONG, denormalize, minmax, new_figure, save_figure, show_image, suptitle, tile
+from .plots import RIGHT, WRONG, denormalize, minmax, new_figure, new_grid, save_figure, show_image, suptitle, tile
 
 logger = logging.getLogger(__name__)
 
@@ -200,13 +207,29 @@ def filters_figure(conv_name: str, conv: nn.Conv2d, activations: torch.Tensor, i
     return fig
 
 
-def guided_backprop_figure(attrs: torch.Tensor, neurons: list[tuple[int, int, int]], layer: str, title: str):
-    """One row per neuron (a 10x1 grid for 10 neurons)."""
-    wrapped = textwrap.fill(title, 42)
-    fig, axes = new_figure(len(neurons), 1, cell=(2.4, 2.2), title_space=0.25 + 0.16 * (wrapped.count("\n") + 1))
-    for ax, attr, (c, y, x) in zip(axes[:, 0], attrs, neurons, strict=True):
-        show_image(ax, _gradient_image(attr), f"{layer} channel {c} at ({y},{x})")
-    suptitle(fig, wrapped, fontsize=8)
+def guided_backprop_figure(
+    image: np.ndarray,
+    attrs: torch.Tensor,
+    neurons: list[tuple[int, int, int]],
+    layer: str,
+    title: str,
+    image_title: str = "input",
+    cols: int = 5,
+):
+    """The input image (left, spanning the rows, larger), then one panel per neuron in a grid (2x5 for 10 neurons),
+    each titled with its channel and the unit's position."""
+    k = len(neurons)
+    cols = max(1, min(cols, k))
+    rows = math.ceil(k / cols)
+    wrapped = textwrap.fill(title, 30 * (cols + 1))
+    space = 0.25 + 0.16 * (wrapped.count("\n") + 1)
+    wide = min(rows, 2)  # the input is drawn up to twice a neuron's size
+    fig, grid = new_grid(rows, cols + 1, cell=(2.2, 2.4), title_space=space, width_ratios=[wide] + [1] * cols)
+    show_image(fig.add_subplot(grid[:, 0]), image, image_title)
+    for i, (attr, (c, y, x)) in enumerate(zip(attrs, neurons, strict=True)):
+        ax = fig.add_subplot(grid[i // cols, 1 + i % cols])
+        show_image(ax, _gradient_image(attr), f"{layer} channel {c}\nunit at ({y},{x})")
+    suptitle(fig, wrapped, fontsize=9)
     return fig
 
 
@@ -227,6 +250,24 @@ def overlay_figure(images: np.ndarray, maps: torch.Tensor, titles: list[str], co
     return fig
 
 
+def _readable(images: EvalImages, order: list[int], n: int) -> list[int]:
+    """The first ``n`` indices of ``order`` whose images decode; unreadable ones met on the way are warned about."""
+    chosen, skipped = [], []
+    for i in order:
+        if len(chosen) == n:
+            break
+        reason = images.reason(i)
+        if reason is None:
+            chosen.append(i)
+        else:
+            skipped.append(f"{images.name(i)} ({reason})")
+    if skipped:
+        logger.warning("skipped %d unreadable image(s): %s", len(skipped), format_skipped(skipped))
+    if not chosen:
+        raise UsageError(f"none of the {len(order)} images of the {images.split} split could be read")
+    return chosen
+
+
 def explain(
     model_ref: str | LoadedModel,
     data_root: str | Path | None = None,
@@ -235,34 +276,54 @@ def explain(
     out_dir: str | Path | None = None,
     integrated: bool = False,
     device: str | None = None,
+    image_files: Sequence[str | Path] | None = None,
 ) -> dict[str, Path]:
-    """Write filters.png, guided_backprop.png and gradcam.png (+ integrated_gradients.png) for test images.
+    """Write filters.png, guided_backprop.png and gradcam.png (+ integrated_gradients.png) for test images, or for
+    ``image_files`` (then no data is loaded and the pictures show predictions only).
 
+    The images and the predicted labels come from the one evaluation rule (:func:`inat_zoo.evaluate.model_logits`).
     Returns ``{figure name: path}``.
     """
     if images < 1:
         raise UsageError(f"--images must be at least 1, got {images}")
+    if image_files:
+        for path in image_files:
+            read_image_file(path)  # named on the command line: must be readable, checked before the model loads
     loaded = model_ref if isinstance(model_ref, LoadedModel) else load_model(model_ref, device or default_device())
-    data = load_eval_data(loaded, data_root, "test")
+    if image_files:
+        source = EvalImages([str(p) for p in image_files], loaded.data_config, split="images")
+        picked, names = list(range(len(source))), list(loaded.label_names)
+    else:
+        data = load_eval_data(loaded, data_root, "test")
+        source, names = data.images, data.class_names
+        picked = _readable(source, _pick_images(data.labels, len(data.labels)), images)
     out = Path(out_dir) if out_dir is not None else default_out_dir(loaded, EXPLAIN_FOLDER)
     check_out_dir(out, EXPLAIN_FILES)
     model = loaded.model
     dev = next(model.parameters()).device
     mean, std = loaded.data_config["mean"], loaded.data_config["std"]
 
-    picked = _pick_images(data.labels, images)
-    x = torch.stack([data.dataset[i]["pixel_values"] for i in picked]).to(dev)
-    labels = [data.labels[i] for i in picked]
+    chosen = EvalImages(
+        [source.value(i) for i in picked], loaded.data_config, [source.labels[i] for i in picked], source.split
+    )
+    logits, _ok = model_logits(model, chosen, progress=False, desc="explain")  # the evaluation's predictions
+    conf, preds = logits.softmax(1).max(1)
+    x = torch.stack([chosen.pixels(i) for i in range(len(chosen))]).to(dev)
+    labels = chosen.labels
     shown = denormalize(x, mean, std)
-    with torch.no_grad():
-        probs = model(x).float().softmax(1)
-    conf, preds = probs.max(1)
-    names = data.class_names
 
+    def caption(i: int) -> str:
+        prediction = f"pred: {names[int(preds[i])]} ({float(conf[i]):.0%})"
+        return prediction if labels[i] < 0 else f"true: {names[labels[i]]}\n{prediction}"
+
+    def color(i: int) -> str | None:
+        return None if labels[i] < 0 else (RIGHT if labels[i] == int(preds[i]) else WRONG)
+
+    subject = "the image" if labels[0] < 0 else f"an image of {names[labels[0]]}"
     figures: dict[str, Any] = {}
     conv_name, conv = first_conv(model)
     acts = layer_output(model, conv_name, x[:1])
-    figures["filters"] = filters_figure(conv_name, conv, acts, shown[0], f"true {names[labels[0]]}")
+    figures["filters"] = filters_figure(conv_name, conv, acts, shown[0], caption(0).replace("\n", ", "))
 
     layer = last_conv_block(model)
     others = non_relu_activations(model, layer)
@@ -276,17 +337,19 @@ def explain(
             ", ".join(others),
             layer,
         )
-        title = f"Plain gradients, NOT guided ({', '.join(others)} instead of ReLU): {layer} neurons"
+        title = f"Plain gradients, NOT guided ({', '.join(others)} instead of ReLU): {layer} neurons, {subject}"
     else:
-        title = f"Guided backprop of {len(neurons)} {layer} (CONV5) neurons, image of {names[labels[0]]}"
-    figures["guided_backprop"] = guided_backprop_figure(attrs, neurons, layer, title)
+        title = f"Guided backprop of {len(neurons)} {layer} (CONV5) neurons, {subject}"
+    figures["guided_backprop"] = guided_backprop_figure(
+        shown[0], attrs, neurons, layer, title, image_title=f"input\n{caption(0)}"
+    )
 
-    cams = gradcam(model, layer, x, preds)
-    titles = [f"true: {names[t]}\npred: {names[p]} ({c:.0%})" for t, p, c in zip(labels, preds, conf, strict=True)]
-    colors = [RIGHT if t == int(p) else WRONG for t, p in zip(labels, preds, strict=True)]
+    cams = gradcam(model, layer, x, preds.to(dev))
+    titles = [caption(i) for i in range(len(chosen))]
+    colors = [color(i) for i in range(len(chosen))]
     figures["gradcam"] = overlay_figure(shown, cams, titles, colors, f"Grad-CAM of {layer} for the predicted class")
     if integrated:
-        ig = integrated_gradients(model, x, preds).abs().sum(1, keepdim=True)
+        ig = integrated_gradients(model, x, preds.to(dev)).abs().sum(1, keepdim=True)
         figures["integrated_gradients"] = overlay_figure(
             shown, ig, titles, colors, "Integrated gradients (|attribution|, baseline: the mean colour)"
         )
@@ -303,6 +366,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="run directory, local-dir:PATH, hf-hub:ORG/NAME or timm name")
     parser.add_argument("--data-root", metavar="DIR", help="image folder (default: the run's recipe data.root)")
     parser.add_argument("--images", type=int, default=8, metavar="N", help="test images for Grad-CAM (default 8)")
+    parser.add_argument(
+        "--image",
+        action="append",
+        metavar="FILE",
+        help="explain this image file instead of test images (repeat for several; --images is then ignored)",
+    )
     parser.add_argument("--integrated-gradients", action="store_true", help="also write integrated_gradients.png")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: <run>/explain)")
@@ -316,6 +385,7 @@ def run_cli(args: argparse.Namespace) -> int:
         out_dir=args.out,
         integrated=args.integrated_gradients,
         device=args.device,
+        image_files=args.image,
     )
     for path in paths.values():
         print(path)

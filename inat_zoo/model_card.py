@@ -3,11 +3,18 @@
 The metadata (``library_name: timm``, tags, license, datasets, ``base_model``, ``model-index``) is built with
 ``ModelCardData``/``EvalResult`` so the Hub shows the test accuracy on the model page and links the base model.
 The tags are set explicitly: timm's own card generator adds ``transformers``, which these models are not.
+
+Every number on the card names the evaluation it came from. The test numbers (accuracy, top-k, macro F1, loss, image
+count, in the text and in ``model-index``) all come from ONE result of :func:`inat_zoo.evaluate.evaluate_split`
+(:func:`test_evaluation`): training's final test pass (``metrics.json``'s ``test`` block), or, for a run written
+before that pass computed macro F1, ``inat-zoo evaluate`` (``eval/metrics.json``). Accuracy and F1 are never taken
+from two different evaluations. The validation row is the training loop's own measurement at the best epoch.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +28,8 @@ from .resources import bundled_path
 
 if TYPE_CHECKING:
     from .hub import RunFiles
+
+logger = logging.getLogger(__name__)
 
 CARD_TEMPLATE = bundled_path("model_cards/inat_zoo_card.md")
 CARD_TAGS = ["image-classification", "timm", "inat_zoo", "inaturalist"]
@@ -130,10 +139,13 @@ def _ordered(paths: Sequence[str]) -> list[str]:
     return sorted(paths, key=lambda p: (known.index(Path(p).stem) if Path(p).stem in known else len(known), p))
 
 
-def _image_entry(path: str, split: str = "test") -> dict[str, str]:
+def _image_entry(path: str, split: str = "test", source: str | None = None) -> dict[str, str]:
     stem = Path(path).stem
     title, caption = _IMAGE_TITLES.get(stem, (stem.replace("_", " ").capitalize(), ""))
-    return {"title": title, "caption": caption.format(split=split), "path": path}
+    caption = caption.format(split=split)
+    if source:
+        caption = f"{caption} From {source}.".strip()
+    return {"title": title, "caption": caption, "path": path}
 
 
 def _duration(seconds: Any) -> str | None:
@@ -146,10 +158,67 @@ def _duration(seconds: Any) -> str | None:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def eval_results(run: RunFiles, dataset: dict[str, Any]) -> list[EvalResult]:
-    """``model-index`` entries: test accuracy (as in metrics.json) and, when evaluated on test, macro F1."""
-    from .hub import _test_accuracy
+TRAINER_TEST = "training's final test pass (`metrics.json`)"
+EVALUATE_TEST = "`inat-zoo evaluate` (`eval_metrics.json`)"
 
+
+def _test_block(run: RunFiles) -> dict[str, Any]:
+    return run.metrics.get("test") or {}
+
+
+def _eval_block(run: RunFiles) -> dict[str, Any] | None:
+    ev = run.eval_metrics
+    return ev if ev and ev.get("split", "test") == "test" and ev.get("accuracy") is not None else None
+
+
+def test_evaluation(run: RunFiles) -> tuple[dict[str, Any], str] | None:
+    """The one evaluation result the card's test numbers come from, and how the card names it.
+
+    Training's final test pass when it is a full evaluation (it has macro F1: every run of this version), else
+    ``inat-zoo evaluate``'s test result, else the trainer's accuracy alone (a run from before the one evaluation).
+    """
+    test, ev = _test_block(run), _eval_block(run)
+    if test.get("accuracy") is not None and test.get("macro_f1") is not None:
+        if ev is not None and any(ev.get(k) != test.get(k) for k in ("accuracy", "num_samples", "macro_f1")):
+            logger.warning(
+                "eval/metrics.json (accuracy %s on %s images) is not the run's test result (accuracy %s on %s "
+                "images): the card reports metrics.json's; the evaluation pictures come from eval/",
+                ev.get("accuracy"),
+                ev.get("num_samples"),
+                test["accuracy"],
+                test.get("num_samples"),
+            )
+        return test, TRAINER_TEST
+    if ev is not None:
+        return ev, EVALUATE_TEST
+    if test.get("accuracy") is not None:
+        return test, TRAINER_TEST
+    return None
+
+
+def _rule_text(block: dict[str, Any]) -> str | None:
+    rule = block.get("evaluation")
+    if not isinstance(rule, dict):
+        return None
+    return (
+        f"{rule.get('decode', '')}; {rule.get('transform', '')}; {rule.get('precision', '')}, "
+        f"batches of {rule.get('batch_size', '?')} (rule `{rule.get('rule', '?')}`)"
+    )
+
+
+def _top_k(block: dict[str, Any]) -> tuple[int | None, float | None]:
+    k = block.get("top_k")
+    if isinstance(k, int) and isinstance(block.get(f"top{k}_accuracy"), (int, float)):
+        return k, block[f"top{k}_accuracy"]
+    return None, None
+
+
+def eval_results(run: RunFiles, dataset: dict[str, Any]) -> list[EvalResult]:
+    """``model-index`` entries: test accuracy and, when that evaluation has it, its macro F1 (never mixed)."""
+    found = test_evaluation(run)
+    if found is None:
+        return []
+    block, _source = found
     common = {
         "task_type": "image-classification",
         "task_name": "Image Classification",
@@ -161,22 +230,83 @@ def eval_results(run: RunFiles, dataset: dict[str, Any]) -> list[EvalResult]:
         EvalResult(
             metric_type="accuracy",
             metric_name="Top-1 accuracy",
-            metric_value=_test_accuracy(run.metrics, run.eval_metrics),
+            metric_value=block["accuracy"],
             **common,
         )
     ]
-    ev = run.eval_metrics or {}
-    if ev.get("split", "test") == "test" and ev.get("macro_f1") is not None:
+    if block.get("macro_f1") is not None:
         results.append(
             EvalResult(
                 metric_type="f1",
                 metric_name="Macro F1",
-                metric_value=ev["macro_f1"],
+                metric_value=block["macro_f1"],
                 metric_args={"average": "macro"},
                 **common,
             )
         )
     return results
+
+
+def _results(run: RunFiles) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The rows of the results table (each naming its evaluation) and the notes on the test evaluation."""
+    metrics = run.metrics
+    rows: list[dict[str, str]] = []
+    val = metrics.get("validation") or {}
+    if val:
+        best = metrics.get("best_epoch")
+        rows.append(
+            {
+                "split": "validation",
+                "accuracy": _pct(val.get("accuracy")),
+                "top_k": "–",
+                "macro_f1": "–",
+                "loss": _loss(val.get("loss")),
+                "num_samples": _fmt(val.get("num_samples")),
+                "source": f"the training loop at epoch {_fmt(best)} (selection metric, training data pipeline)",
+            }
+        )
+    notes: dict[str, Any] = {"test_source": None, "test_rule": None, "absent_classes": [], "skipped": 0}
+    found = test_evaluation(run)
+    if found is not None:
+        block, source = found
+        k, top = _top_k(block)
+        rows.append(
+            {
+                "split": "test",
+                "accuracy": _pct(block.get("accuracy")),
+                "top_k": f"{_pct(top)} (top-{k})" if k else "–",
+                "macro_f1": _pct(block.get("macro_f1")),
+                "loss": _loss(block.get("loss")),
+                "num_samples": _fmt(block.get("num_samples")),
+                "source": source,
+            }
+        )
+        notes = {
+            "test_source": source,
+            "test_rule": _rule_text(block),
+            "absent_classes": list(block.get("absent_classes") or []),
+            "skipped": len(block.get("skipped") or {}),
+            "test_samples": block.get("num_samples"),
+        }
+    return rows, notes
+
+
+def _loss(value: Any) -> str:
+    return _fmt(round(value, 4)) if isinstance(value, float) else "–"
+
+
+def _eval_pictures_source(run: RunFiles) -> str:
+    """How the card names the evaluation behind the eval/ pictures."""
+    ev = run.eval_metrics or {}
+    text = "`inat-zoo evaluate`"
+    if isinstance(ev.get("accuracy"), (int, float)):
+        found = test_evaluation(run)
+        keys = ("accuracy", "num_samples", "macro_f1", "loss")
+        same = found is not None and ev.get("split", "test") == "test"
+        same = same and all(ev.get(k) == found[0].get(k) for k in keys)
+        text += f" (accuracy {_pct(ev['accuracy'])} on {_fmt(ev.get('num_samples'))} images"
+        text += ": the evaluation of the test row)" if same else ")"
+    return text
 
 
 def build_model_card(
@@ -211,7 +341,7 @@ def build_model_card(
         license=license,
         datasets=[dataset["hub_id"]] if dataset["hub_id"] else None,
         base_model=base_model,
-        metrics=["accuracy"] + (["f1"] if run.eval_metrics and run.eval_metrics.get("macro_f1") is not None else []),
+        metrics=["accuracy"] + (["f1"] if any(r.metric_type == "f1" for r in eval_results(run, dataset)) else []),
         model_name=name,
         eval_results=eval_results(run, dataset),
     )
@@ -223,20 +353,10 @@ def build_model_card(
         )
     else:
         freeze_text = _FREEZE_TEXT.get(freeze, "")
-    results = []
-    for split in ("validation", "test"):
-        block = metrics.get(split) or {}
-        if block:
-            results.append(
-                {
-                    "split": split,
-                    "accuracy": _pct(block.get("accuracy")),
-                    "loss": _fmt(round(block["loss"], 4)) if isinstance(block.get("loss"), float) else "–",
-                    "num_samples": _fmt(block.get("num_samples")),
-                }
-            )
+    results, notes = _results(run)
     ev = run.eval_metrics or {}
-    result_images = [_image_entry(p, str(ev.get("split", "test"))) for p in _ordered(eval_images)]
+    pictures_source = _eval_pictures_source(run) if run.eval_metrics else None
+    result_images = [_image_entry(p, str(ev.get("split", "test")), pictures_source) for p in _ordered(eval_images)]
     if curves:
         result_images.append({"title": "Training curves", "caption": "", "path": curves})
     input_size = pretrained_cfg["input_size"]
@@ -267,15 +387,16 @@ def build_model_card(
         unfreeze=model_recipe.get("unfreeze") or [],
         hyperparameters=_hyperparameters(recipe, metrics),
         results=results,
-        macro_f1=_pct(ev["macro_f1"])
-        if ev.get("split", "test") == "test" and ev.get("macro_f1") is not None
-        else None,
+        test_source=notes["test_source"],
+        test_rule=notes["test_rule"],
+        absent_classes=notes["absent_classes"],
+        skipped_images=notes["skipped"],
         best_epoch=_fmt(metrics.get("best_epoch")),
         epochs=_fmt(metrics.get("epochs")),
         train_time=_duration(metrics.get("train_time_s")),
         world_size=_fmt(metrics.get("world_size", 1)),
         val_percent=_fmt(round(100 * float((recipe.get("data") or {}).get("val_fraction", 0.2)), 1)),
-        test_samples=_fmt((metrics.get("test") or {}).get("num_samples")),
+        test_samples=_fmt(notes.get("test_samples")),
         result_images=result_images,
         explain_images=[_image_entry(p) for p in _ordered(explain_images)],
         needs_inat_zoo=architecture.startswith("inat_"),

@@ -14,36 +14,47 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.gridspec import GridSpec
 
 RIGHT = "#1a7f37"  # green
 WRONG = "#d1242f"  # red
 
 
+def new_grid(
+    nrows: int,
+    ncols: int,
+    cell: tuple[float, float] = (2.0, 2.0),
+    title_space: float = 0.5,
+    width_ratios: Sequence[float] | None = None,
+) -> tuple[Figure, GridSpec]:
+    """A figure and an ``nrows x ncols`` grid spec, each cell ``cell`` inches (columns scaled by ``width_ratios``),
+    room for a suptitle; for layouts where one axes spans several cells. Fixed margins rather than constrained
+    layout: the layout solver costs seconds on grids of dozens of axes."""
+    axes_titles = 0.3  # the two-line titles above the first row of axes sit below the suptitle
+    title_space += axes_titles
+    columns = sum(width_ratios) if width_ratios else ncols
+    width, height = max(1.0, columns * cell[0]), max(1.0, nrows * cell[1]) + title_space
+    fig = Figure(figsize=(width, height))
+    grid = fig.add_gridspec(
+        nrows,
+        ncols,
+        left=0.1 / width,
+        right=1 - 0.1 / width,
+        bottom=0.1 / height,
+        top=1 - title_space / height,
+        hspace=0.45 / max(0.5, cell[1] - 0.45),  # two title lines between rows
+        wspace=0.15 / max(0.5, cell[0] - 0.15),
+        width_ratios=width_ratios,
+    )
+    return fig, grid
+
+
 def new_figure(
     nrows: int, ncols: int, cell: tuple[float, float] = (2.0, 2.0), title_space: float = 0.5
 ) -> tuple[Figure, np.ndarray]:
-    """A figure with an ``nrows x ncols`` array of axes (always 2-D), each ``cell`` inches, room for a suptitle.
-
-    Fixed margins rather than constrained layout: the layout solver costs seconds on grids of dozens of axes.
-    """
-    axes_titles = 0.3  # the two-line titles above the first row of axes sit below the suptitle
-    title_space += axes_titles
-    width, height = max(1.0, ncols * cell[0]), max(1.0, nrows * cell[1]) + title_space
-    fig = Figure(figsize=(width, height))
-    axes = fig.subplots(
-        nrows,
-        ncols,
-        squeeze=False,
-        gridspec_kw={
-            "left": 0.1 / width,
-            "right": 1 - 0.1 / width,
-            "bottom": 0.1 / height,
-            "top": 1 - title_space / height,
-            "hspace": 0.45 / max(0.5, cell[1] - 0.45),  # two title lines between rows
-            "wspace": 0.15 / max(0.5, cell[0] - 0.15),
-        },
-    )
-    return fig, axes
+    """A figure with an ``nrows x ncols`` array of axes (always 2-D), each ``cell`` inches, room for a suptitle."""
+    fig, grid = new_grid(nrows, ncols, cell, title_space)
+    return fig, grid.subplots(squeeze=False)
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:

@@ -692,21 +692,22 @@ class _Trainer:
         return self.finish()
 
     def finish(self) -> dict:
-        """Evaluate the test split once with the exported best model, then write metrics.json."""
-        from safetensors.torch import load_file
+        """Evaluate the test split once with the exported best model, then write metrics.json.
+
+        The test pass is :func:`inat_zoo.evaluate.final_test_metrics`: the exported ``model/`` loaded as
+        ``inat-zoo evaluate`` loads it, the original test images, the one evaluation rule (float32, full decode,
+        fixed batches), whatever this run's training pipeline was (prepared cache, feature cache, mixed precision,
+        EMA, channels_last, compile). ``metrics["test"]`` is that function's result, unchanged.
+        """
+        from .evaluate import final_test_metrics, scalar_metrics
 
         acc, st = self.accelerator, self.state
-        acc.wait_for_everyone()
-        best = load_file(str(self.out / MODEL_DIR / "model.safetensors"), device="cpu")
-        target = self._eval_module(unwrap=True)
-        missing, unexpected = target.load_state_dict(best, strict=False)
-        # FrozenBatchNorm2d has no num_batches_tracked; everything else must match exactly
-        bad = [k for k in [*missing, *unexpected] if not k.endswith("num_batches_tracked")]
-        if bad:
-            raise RuntimeError(f"best model weights do not match the model: {bad[:5]}")
+        acc.wait_for_everyone()  # model/ holds the best epoch on every rank's view of the disk
         record = st.history[st.best_epoch - 1]
         val = {"accuracy": record["val_accuracy"], "loss": record["val_loss"], "num_samples": st.val_num_samples}
-        test = self.evaluate(self.test_loader, "test")
+        test = final_test_metrics(
+            self.out, accelerator=acc, num_workers=self.recipe["data"]["num_workers"], progress=self.is_main
+        )
         metrics = {
             "model": self.recipe["model"]["name"],
             "freeze": self.recipe["model"]["freeze"],
@@ -722,7 +723,7 @@ class _Trainer:
         }
         if self.is_main:
             atomic_write_json(self.out / "metrics.json", metrics)
-        acc.log({f"test/{k}": v for k, v in test.items()}, step=st.global_update)
+        acc.log({f"test/{k}": v for k, v in scalar_metrics(test).items()}, step=st.global_update)
         acc.print(
             f"best epoch {st.best_epoch}: validation acc {val['accuracy']:.4f}, "
             f"test acc {test['accuracy']:.4f} ({test['num_samples']} images); run directory {self.out}"

@@ -94,3 +94,87 @@ def pixel_std(png: Path) -> float:
     """Standard deviation of a PNG's pixels: 0 for a blank picture."""
     with Image.open(png) as img:
         return float(np.asarray(img.convert("RGB"), dtype=np.float32).std())
+
+
+# ------------------------------------------------------------------------------ a model whose answers are known
+COLORS = {"a_red": (220, 20, 20), "b_green": (20, 220, 20), "c_blue": (20, 20, 220)}  # class i = colour channel i
+
+
+class ColorModel(torch.nn.Module):
+    """Predicts the dominant colour channel of the image: perfect on solid red/green/blue pictures.
+
+    ``forward_features``/``forward_head`` and a conv "stages.0" make it explainable like a timm CNN.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stages = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1, bias=False))
+        with torch.no_grad():
+            self.stages[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+        self.num_classes = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.stages(x)).mean((2, 3)) * 10
+
+
+def color_data_config(size: int = 32) -> dict:
+    return {
+        "input_size": (3, size, size),
+        "interpolation": "bilinear",
+        "mean": (0.0, 0.0, 0.0),
+        "std": (1.0, 1.0, 1.0),
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
+
+
+def write_color_folder(root: Path, test_classes=tuple(COLORS), per_class: int = 5, size: int = 40) -> Path:
+    """train/ with every colour class, val/ (the test split) with ``test_classes`` only; solid-colour PNGs."""
+    rng = np.random.default_rng(0)
+    for split, classes in (("train", COLORS), ("val", test_classes)):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                noise = rng.integers(0, 20, (size, size, 3))
+                pixels = np.clip(np.array(COLORS[name]) + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def color_model(run_dir: Path | None = None):
+    """The perfect colour model as a LoadedModel (what load_model returns)."""
+    from inat_zoo.loading import LoadedModel
+
+    return LoadedModel(ColorModel().eval(), color_data_config(), list(COLORS), run_dir, "color-model")
+
+
+def png_bomb(path: Path, side: int = 30000) -> Path:
+    """A PNG header claiming ``side`` x ``side`` pixels: over Pillow's decompression-bomb limit, a few bytes long."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def unreadable_files(folder: Path) -> dict[str, Path]:
+    """One file per way an image can be unreadable (the decompression bomb included)."""
+    import io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, "JPEG")
+    (folder / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("not a picture")
+    return {
+        "truncated": folder / "truncated.jpg",
+        "empty": folder / "empty.jpg",
+        "not an image": folder / "text.jpg",
+        "decompression bomb": png_bomb(folder / "bomb.png"),
+    }

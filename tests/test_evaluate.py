@@ -2,6 +2,8 @@
 
 import csv
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,15 +14,18 @@ import yaml
 import inat_zoo.evaluate as evaluate_module
 from inat_zoo.cli import main
 from inat_zoo.errors import UsageError
-from inat_zoo.evaluate import compute_metrics, evaluate
+from inat_zoo.evaluate import EvalData, EvalImages, compute_metrics, evaluate, evaluate_split, load_eval_data
 
 from .eval_helpers import (
     class_names,
+    color_model,
     image_files,
     load_pil,
     make_run,
     pixel_std,
     timm_eval_transform,
+    unreadable_files,
+    write_color_folder,
 )
 
 
@@ -68,7 +73,9 @@ def test_evaluate_matches_an_independent_timm_count(run, sample_root, figures):
     assert metrics["confusion_matrix"] == cm
     assert sum(map(sum, metrics["confusion_matrix"])) == 40
     assert metrics["class_names"] == names and metrics["split"] == "test"
-    assert metrics["accuracy"] <= metrics["top5_accuracy"] <= 1.0
+    assert metrics["top_k"] == 5 and metrics["accuracy"] <= metrics["top5_accuracy"] <= 1.0
+    assert metrics["evaluation"]["precision"] == "float32" and metrics["evaluation"]["batch_size"] == 64
+    assert metrics["skipped"] == {} and metrics["absent_classes"] == []
 
     rows = list(csv.DictReader((out / "per_class.csv").open()))
     assert [r["class"] for r in rows] == names
@@ -98,12 +105,81 @@ def test_compute_metrics_on_a_known_case():
     m = compute_metrics(logits, labels, ["a", "b", "c"])
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     assert m["accuracy"] == pytest.approx(4 / 6)
-    assert m["top_k"] == 3 and m["top5_accuracy"] == 1.0
+    assert m["top_k"] == 3 and m["top3_accuracy"] == 1.0 and "top5_accuracy" not in m
     p = [e["precision"] for e in m["per_class"]]
     r = [e["recall"] for e in m["per_class"]]
     assert p == pytest.approx([0.5, 2 / 3, 1.0]) and r == pytest.approx([0.5, 1.0, 0.5])
     f1 = [2 * a * b / (a + b) for a, b in zip(p, r, strict=True)]
     assert m["macro_f1"] == pytest.approx(sum(f1) / 3)
+
+
+def test_the_top_k_field_is_named_for_its_k():
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.5]])
+    m = compute_metrics(logits, torch.tensor([0, 1, 1]), ["a", "b"])
+    assert m["top_k"] == 2 and m["top2_accuracy"] == 1.0 and m["accuracy"] == pytest.approx(2 / 3)
+    assert not [k for k in m if k.startswith("top") and k != "top_k" and k != "top2_accuracy"]
+
+
+def test_a_perfect_model_on_a_test_folder_missing_a_class_scores_macro_f1_one(tmp_path, caplog):
+    """3 training classes, the test folder has 2: macro averages over the classes present, and a warning."""
+    root = write_color_folder(tmp_path / "colors", test_classes=("a_red", "b_green"))
+    with caplog.at_level(logging.WARNING, logger="inat_zoo.evaluate"):
+        metrics = evaluate(color_model(), data_root=root, out_dir=tmp_path / "eval", progress=False)
+    assert metrics["accuracy"] == 1.0 and metrics["num_samples"] == 10
+    assert metrics["macro_f1"] == metrics["macro_precision"] == metrics["macro_recall"] == 1.0
+    assert metrics["absent_classes"] == ["c_blue"]
+    assert [(r["class"], r["support"], r["f1"]) for r in metrics["per_class"]] == [
+        ("a_red", 5, 1.0),
+        ("b_green", 5, 1.0),
+        ("c_blue", 0, 0.0),
+    ]
+    assert metrics["confusion_matrix"][2] == [0, 0, 0]
+    rows = list(csv.DictReader((tmp_path / "eval" / "per_class.csv").open()))
+    assert [int(r["support"]) for r in rows] == [5, 5, 0]  # the absent class keeps its row
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "c_blue" in warned[0] and "macro averages are over the 2 classes" in warned[0]
+
+    caplog.clear()  # with every class present: nothing to warn about, the same perfect scores
+    root = write_color_folder(tmp_path / "all_colors")
+    with caplog.at_level(logging.WARNING, logger="inat_zoo.evaluate"):
+        metrics = evaluate(color_model(), data_root=root, out_dir=tmp_path / "eval_all", progress=False)
+    assert metrics["macro_f1"] == 1.0 and metrics["absent_classes"] == [] and not caplog.records
+
+
+def test_unreadable_images_met_during_the_evaluation_are_skipped_and_named(tmp_path, caplog):
+    """Images that turn out unreadable while scoring (whatever the reason) are left out and named, never a crash."""
+    root = write_color_folder(tmp_path / "colors")
+    loaded = color_model()
+    data = load_eval_data(loaded, root, "test")
+    bad = unreadable_files(tmp_path / "bad")
+    values = [data.images.value(i) for i in range(len(data.images))] + [str(p) for p in bad.values()]
+    labels = data.labels + [0] * len(bad)
+    images = EvalImages(values, loaded.data_config, labels, "test")
+    with caplog.at_level(logging.WARNING, logger="inat_zoo.evaluate"):
+        result = evaluate_split(loaded, EvalData(images, labels, data.class_names, root, "test"), progress=False)
+    assert result.metrics["num_samples"] == 15 and result.metrics["accuracy"] == 1.0
+    assert result.indices == list(range(15))
+    skipped = result.metrics["skipped"]
+    assert set(skipped) == {str(p) for p in bad.values()}
+    assert skipped[str(bad["decompression bomb"])].startswith("too large to decode safely")
+    assert skipped[str(bad["empty"])] == "empty file (0 bytes)"
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "skipped 4 unreadable image(s) of the test split" in message
+    assert all(str(p) in message for p in bad.values())
+
+
+def test_unreadable_files_in_the_data_folder_are_skipped_with_a_warning(run, sample_root, tmp_path, capsys, caplog):
+    """`inat-zoo evaluate` on a folder holding broken files: they are named in a warning, the rest is scored."""
+    root = tmp_path / "sample"
+    shutil.copytree(sample_root, root)
+    cls = class_names(sample_root)[0]
+    bad = unreadable_files(root / "val" / cls)
+    with caplog.at_level(logging.WARNING):
+        assert main(["evaluate", str(run), "--data-root", str(root), "--out", str(tmp_path / "out")]) == 0
+    assert "on 40 images" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_samples"] == 40
+    text = caplog.text
+    assert all(str(p) in text for p in bad.values()), text
 
 
 def test_validation_split_uses_the_run_recipe(run):

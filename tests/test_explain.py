@@ -1,10 +1,11 @@
 """`inat-zoo explain`: guided backprop is really guided on ReLU models and says so when it cannot be, Grad-CAM
-covers the input, pictures are drawn headless and not blank, for FlexibleCNN and a timm ResNet."""
+finds the evidence where it is, pictures are drawn headless and not blank, for FlexibleCNN and a timm ResNet."""
 
 import logging
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import timm
 import torch
@@ -22,7 +23,7 @@ from inat_zoo.explain import (
     top_neurons,
 )
 
-from .eval_helpers import make_run, pixel_std
+from .eval_helpers import COLORS, color_data_config, color_model, make_run, pixel_std, unreadable_files
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +41,15 @@ def figures(monkeypatch) -> dict:
         axes = [ax for ax in fig.axes if ax.images]
         title = " ".join(fig._suptitle.get_text().split()) if fig._suptitle else ""
         seen[Path(path).name] = (len(axes), title)
+        seen[f"axes:{Path(path).name}"] = axes  # in drawing order: titles and the arrays shown
         return real(fig, path, **kwargs)
 
     monkeypatch.setattr(explain_module, "save_figure", spy)
     return seen
+
+
+def _titles(axes) -> list[str]:
+    return [ax.get_title() for ax in axes]
 
 
 def test_explain_flexible_cnn(runs, sample_root, figures, caplog):
@@ -56,7 +62,15 @@ def test_explain_flexible_cnn(runs, sample_root, figures, caplog):
     for path in paths.values():
         assert pixel_std(path) > 10, path
     count, title = figures["guided_backprop.png"]
-    assert count == 10 and title.startswith("Guided backprop of 10 stages.4 (CONV5) neurons")
+    assert count == 11 and title.startswith("Guided backprop of 10 stages.4 (CONV5) neurons")
+    # the input first (spanning the grid's rows, with its labels), then ten neurons, each titled
+    axes = figures["axes:guided_backprop.png"]
+    assert _titles(axes)[0].startswith("input\ntrue: ") and "\npred: " in _titles(axes)[0]
+    assert all(t.startswith("stages.4 channel ") and "unit at (" in t for t in _titles(axes)[1:])
+    rows = {round(ax.get_position().y0, 3) for ax in axes[1:]}
+    cols = {round(ax.get_position().x0, 3) for ax in axes[1:]}
+    assert len(rows) == 2 and len(cols) == 5  # a 2x5 grid of neurons
+    assert axes[0].get_position().height > 1.5 * axes[1].get_position().height
     assert figures["gradcam.png"][0] == 4
     # mosaics of the 8 first-layer filters and of their 8 activation maps, and the input between them
     assert figures["filters.png"][0] == 3
@@ -117,3 +131,91 @@ def test_explain_resnet_run_via_cli(runs, sample_root, tmp_path, capsys):
         assert pixel_std(out / name) > 10
     assert not (run / "explain").exists()
     assert main(["explain", str(run), "--images", "0"]) == 2
+
+
+def _square_image(path: Path, color: tuple[int, int, int], size: int = 64, side: int = 24) -> Path:
+    """A black picture with a coloured square in its top-left corner: the only evidence of the colour's class."""
+    from PIL import Image
+
+    pixels = np.zeros((size, size, 3), dtype=np.uint8)
+    pixels[:side, :side] = color
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_gradcam_is_where_the_evidence_is():
+    """A model whose evidence is known: channel 0 reads bright pixels (class 0), channel 1 dark ones (class 1)."""
+    torch.manual_seed(0)
+
+    class Evidence(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.ReLU())
+            with torch.no_grad():
+                self.features[0].weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]).view(2, 3, 1, 1))
+                self.features[0].bias.copy_(torch.tensor([0.0, 1.0]))
+
+        def forward(self, x):
+            return self.features(x).mean((2, 3))
+
+    model = Evidence().eval()
+    x = torch.zeros(1, 3, 64, 64)
+    x[:, :, :16, :16] = 1.0  # bright square top-left, dark elsewhere
+    inside = torch.zeros(64, 64, dtype=torch.bool)
+    inside[:16, :16] = True
+    bright = gradcam(model, "features", x, torch.tensor([0]))[0, 0]
+    dark = gradcam(model, "features", x, torch.tensor([1]))[0, 0]
+    assert bright.shape == dark.shape == (64, 64)
+    assert bright.max() > 0 and dark.max() > 0
+    assert bright[inside].min() > 0 and bright[~inside].abs().max() == 0  # exactly on the square
+    assert dark[~inside].min() > 0 and dark[inside].abs().max() == 0  # exactly off it
+    # several images at once: each map follows its own image
+    both = gradcam(model, "features", torch.cat([x, x.flip(-1)]), torch.tensor([0, 0]))
+    assert torch.equal(both[1, 0], bright.flip(-1))
+
+
+def test_explain_pictures_show_the_evidence_for_images_named_on_the_command_line(tmp_path, figures):
+    """`explain --image`: the predicted labels come from the evaluation rule, Grad-CAM lights up the square."""
+    red = _square_image(tmp_path / "red.png", COLORS["a_red"])
+    blue = _square_image(tmp_path / "blue.png", COLORS["c_blue"])
+    paths = explain(color_model(), image_files=[red, blue], out_dir=tmp_path / "out")
+    assert set(paths) == {"filters", "guided_backprop", "gradcam"}
+    axes = figures["axes:gradcam.png"]
+    assert [t.split(" (")[0] for t in _titles(axes)] == ["pred: a_red", "pred: c_blue"]  # no truth: no colours
+    size = color_data_config()["input_size"][-1]
+    square = np.zeros((size, size), dtype=bool)
+    square[: size * 24 // 64, : size * 24 // 64] = True
+    for ax in axes:
+        heat = np.asarray(ax.images[1].get_array(), dtype=float)  # the Grad-CAM overlay drawn over the image
+        assert heat.shape == (size, size) and heat.max() > 0, "an empty Grad-CAM overlay"
+        assert heat[square].sum() > 0.9 * heat.sum(), "Grad-CAM is not on the evidence"
+    assert figures["axes:guided_backprop.png"][0].get_title().startswith("input\npred: a_red")
+
+
+def test_explain_image_that_cannot_be_read_is_one_line(runs, sample_root, tmp_path, capsys):
+    run = make_run(runs, sample_root, filters=8)
+    for kind, path in {**unreadable_files(tmp_path / "bad"), "missing": tmp_path / "missing.png"}.items():
+        assert main(["explain", str(run), "--image", str(path), "--out", str(tmp_path / "out")]) == 2, kind
+        err = capsys.readouterr().err
+        assert err.startswith(f"inat-zoo: error: {path}: ") and err.count("\n") == 1, (kind, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_explain_labels_are_the_evaluations_predictions(runs, sample_root, figures):
+    """The true/pred labels on the Grad-CAM picture are what `inat-zoo evaluate` predicts for those images."""
+    from inat_zoo.evaluate import evaluate_split, load_eval_data
+    from inat_zoo.loading import load_model
+
+    run = make_run(runs, sample_root, filters=8)
+    explain(str(run), images=10)
+    loaded = load_model(str(run))
+    data = load_eval_data(loaded, None, "test")
+    evaluation = evaluate_split(loaded, data, progress=False)
+    probs = evaluation.logits.softmax(1)
+    firsts = [data.labels.index(c) for c in range(10)]  # explain takes one image per class, round-robin
+    expected = [
+        f"true: {data.class_names[data.labels[i]]}\npred: {data.class_names[int(probs[i].argmax())]} "
+        f"({float(probs[i].max()):.0%})"
+        for i in firsts
+    ]
+    assert _titles(figures["axes:gradcam.png"]) == expected

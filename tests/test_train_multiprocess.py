@@ -54,6 +54,11 @@ def test_two_cpu_processes_count_every_sample_once(sample_root, tmp_path):
     # every test sample counted exactly once: the same accuracy as the exported model scored by one process
     accuracy, n = _accuracy_of_exported_model(out / "model", sample_root)
     assert n == 40 and accuracy == pytest.approx(metrics["test"]["accuracy"])
+    # the final test pass under DDP is the one evaluation: `inat-zoo evaluate` in one process gives every field
+    from inat_zoo.evaluate import evaluate
+
+    single = evaluate(str(out), out_dir=tmp_path / "eval", progress=False)
+    assert {key: single[key] for key in metrics["test"]} == metrics["test"]
     checkpoints = sorted((out / "checkpoints").glob("checkpoint_*"))
     assert [c.name for c in checkpoints] == ["checkpoint_3", "checkpoint_6"]  # 96 images / (2 ranks x 16): 3 updates
     assert all((c / "random_states_1.pkl").is_file() for c in checkpoints)  # rank 1's RNG state saved too
