@@ -270,7 +270,6 @@ class _Trainer:
 
             with acc.main_process_first():
                 dsdict = prepare_dataset(dsdict, short_side=decode_short_side(self.data_config))
-        self.num_samples = {name: len(dsdict[name]) for name in ("train", "validation", "test")}
 
         self.params_total = sum(p.numel() for p in self.core.parameters())  # before freezing turns some into buffers
         freeze = recipe["model"]["freeze"]
@@ -297,18 +296,16 @@ class _Trainer:
             pin_memory=pin,
             seed=recipe["seed"],
         )
-        self.val_loader, self.test_loader = (
-            _image_loader(
-                dsdict[split],
-                eval_tf,
-                self.data_config,
-                eval_bs,
-                train=False,
-                num_workers=nw,
-                pin_memory=pin,
-                seed=recipe["seed"],
-            )
-            for split in ("validation", "test")
+        # the test split is scored once, at the end, by the one evaluation function (finish), not by a loader here
+        self.val_loader = _image_loader(
+            dsdict["validation"],
+            eval_tf,
+            self.data_config,
+            eval_bs,
+            train=False,
+            num_workers=nw,
+            pin_memory=pin,
+            seed=recipe["seed"],
         )
 
         self.cached = self._feature_cache_wanted()
@@ -343,8 +340,8 @@ class _Trainer:
             model = HeadOnly(self.core)  # shares the head's parameters: training it trains (and exports) the model
         if self.t["compile"]:
             model = torch.compile(model)
-        self.model, self.optimizer, self.train_loader, self.val_loader, self.test_loader = acc.prepare(
-            model, self.optimizer, self.train_loader, self.val_loader, self.test_loader
+        self.model, self.optimizer, self.train_loader, self.val_loader = acc.prepare(
+            model, self.optimizer, self.train_loader, self.val_loader
         )
         # the timm scheduler is stepped by us with the real update count of this process (not prepared)
         self.updates_per_epoch = math.ceil(len(self.train_loader) / self.t["grad_accum_steps"])
@@ -380,7 +377,8 @@ class _Trainer:
         return True
 
     def _switch_to_cached_features(self, dsdict, eval_tf, eval_bs: int) -> None:
-        """Run the frozen backbone once per split (evaluation transform); the loops then read pooled features.
+        """Run the frozen backbone once over train and validation (evaluation transform); the loops then read pooled
+        features. (The test split is scored by the full model at the end: see finish.)
 
         Training sees no augmentation on this path: the features of the evaluation view are fixed.
         """
@@ -392,7 +390,7 @@ class _Trainer:
         nw = self.recipe["data"]["num_workers"]
         pin = acc.device.type == "cuda"
         features = {}
-        for split in ("train", "validation", "test"):
+        for split in ("train", "validation"):
             images = _image_loader(
                 dsdict[split],
                 eval_tf,
@@ -407,7 +405,6 @@ class _Trainer:
             features[split] = cache.get(split, acc.prepare_data_loader(images), acc, progress=self.is_main)
         self.train_loader = _loader(features["train"], self.t["batch_size"], train=True, num_workers=0, pin_memory=pin)
         self.val_loader = _loader(features["validation"], eval_bs, train=False, num_workers=0, pin_memory=pin)
-        self.test_loader = _loader(features["test"], eval_bs, train=False, num_workers=0, pin_memory=pin)
         acc.print(
             f"head feature cache: {len(features['train'])} training features of size {features['train'][0][0].numel()}"
         )
