@@ -346,7 +346,21 @@ def validate_recipe(recipe: Mapping[str, Any]) -> dict:
         raise UsageError("recipe key 'train.layer_decay' needs a scheduler (train.scheduler cosine or step)")
     if out["model"]["unfreeze"] and out["model"]["freeze"] == "none":
         raise UsageError("recipe key 'model.unfreeze' needs a frozen model (model.freeze head or until:<stage>)")
+    _check_unfreeze_epochs(out["model"]["unfreeze"], out["train"]["epochs"])
     return out
+
+
+def _check_unfreeze_epochs(schedule: list[dict], epochs: int) -> None:
+    """An unfreeze scheduled after the last epoch would silently never happen: refuse it.
+
+    The stage names need the model and are resolved by the trainer's pre-flight (``inat_zoo.train.preflight``).
+    """
+    for item in schedule:
+        if item["epoch"] > epochs:
+            raise UsageError(
+                f"recipe key 'model.unfreeze' unfreezes {item['stage']!r} at epoch {item['epoch']}, after the last "
+                f"epoch (train.epochs={epochs}): it would never happen; use an epoch from 1 to {epochs}"
+            )
 
 
 # -------------------------------------------------------------------------------------------- files, overrides
