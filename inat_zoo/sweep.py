@@ -415,7 +415,10 @@ def trial_recipe(
 
 
 def check_space(sweep: Sweep, space: Mapping[str, Mapping[str, Any]], overrides: Sequence[str]) -> None:
-    """Validate the base recipe with every categorical value and range end, before any trial trains."""
+    """Validate the base recipe with every categorical value and range end, and resolve each against its model
+    (the trainer's pre-flight: model arguments, freeze stages, input size), before any trial trains."""
+    from .train import preflight
+
     for key, spec in space.items():
         if spec["distribution"] == "constant":
             candidates = [spec["value"]]
@@ -426,7 +429,11 @@ def check_space(sweep: Sweep, space: Mapping[str, Mapping[str, Any]], overrides:
         else:
             candidates = [spec["min"], spec["max"]]
         for value in candidates:
-            trial_recipe(sweep, {key: value}, overrides, "unused")
+            recipe = trial_recipe(sweep, {key: value}, overrides, "unused")
+            try:
+                preflight(recipe)
+            except UsageError as e:
+                raise UsageError(f"{sweep.recipe} with sweep parameter {key}={value!r}: {e}") from None
 
 
 def _check_overrides(overrides: Sequence[str]) -> None:

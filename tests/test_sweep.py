@@ -254,6 +254,18 @@ def test_a_sweep_that_samples_a_section_and_a_key_inside_it_is_refused(tmp_path,
 
 
 @pytest.mark.parametrize("backend", ["optuna", "wandb"])
+def test_a_swept_value_the_model_cannot_take_is_refused_before_any_trial(tmp_path, base_recipe, capsys, backend):
+    """Each swept value is resolved against the model on the meta device, as the trainer's pre-flight does."""
+    parameters = {"model.freeze": {"values": ["head", "until:stages.9"]}, "train.lr": {"values": [0.1]}}
+    out = tmp_path / "out"
+    sweep_file = str(write_sweep(tmp_path, base_recipe, parameters=parameters))
+    assert main(["sweep", sweep_file, "--backend", backend, "--out", str(out)]) == 2
+    err = one_error_line(capsys)
+    assert "with sweep parameter model.freeze='until:stages.9': unknown stage 'stages.9' in freeze strategy" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("backend", ["optuna", "wandb"])
 def test_an_override_inside_a_swept_section_is_refused(tmp_path, sample_root, capsys, backend):
     """`data.augment` is swept as whole mappings: `data.augment.hflip=0.5` would be merged into each sampled value,
     so a trial recorded as the "no augmentation" mapping (hflip 0) would train with flips."""
