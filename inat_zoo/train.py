@@ -195,7 +195,7 @@ def _model_args(recipe: dict, num_classes: int | None) -> dict:
     size = recipe["data"]["image_size"]
     if size is None or "img_size" in args:
         return args
-    cfg = _timm_model(recipe, num_classes, args, meta=True).pretrained_cfg
+    cfg = getattr(_timm_model(recipe, num_classes, args, meta=True), "pretrained_cfg", None) or {}
     if cfg.get("fixed_input_size") and tuple(cfg["input_size"][-2:]) != (size, size):
         args["img_size"] = size
     return args
@@ -264,8 +264,9 @@ def _check_input_size(model, recipe: dict) -> None:
     name = recipe["model"]["name"]
     img_size, image_size = recipe["model"]["args"].get("img_size"), recipe["data"]["image_size"]
     height, width = _data_config(model, recipe)["input_size"][-2:]
-    declared = tuple(model.pretrained_cfg.get("input_size", (0, height, width))[-2:])
-    if model.pretrained_cfg.get("fixed_input_size") and declared != (height, width):
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    declared = tuple(cfg.get("input_size", (0, height, width))[-2:])
+    if cfg.get("fixed_input_size") and declared != (height, width):
         raise UsageError(
             f"model.args.img_size {img_size} contradicts data.image_size {image_size}: {name!r} takes only "
             f"{declared[0]}x{declared[1]} inputs; set one of them (or drop img_size: it follows data.image_size)"
