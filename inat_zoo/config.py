@@ -350,7 +350,21 @@ def validate_recipe(recipe: Mapping[str, Any]) -> dict:
         raise UsageError("recipe key 'train.layer_decay' needs a scheduler (train.scheduler cosine or step)")
     if out["model"]["unfreeze"] and out["model"]["freeze"] == "none":
         raise UsageError("recipe key 'model.unfreeze' needs a frozen model (model.freeze head or until:<stage>)")
+    _check_unfreeze_epochs(out["model"]["unfreeze"], out["train"]["epochs"])
     return out
+
+
+def _check_unfreeze_epochs(schedule: list[dict], epochs: int) -> None:
+    """An unfreeze scheduled after the last epoch would silently never happen: refuse it.
+
+    The stage names need the model and are resolved by the trainer's pre-flight (``inat_zoo.train.preflight``).
+    """
+    for item in schedule:
+        if item["epoch"] > epochs:
+            raise UsageError(
+                f"recipe key 'model.unfreeze' unfreezes {item['stage']!r} at epoch {item['epoch']}, after the last "
+                f"epoch (train.epochs={epochs}): it would never happen; use an epoch from 1 to {epochs}"
+            )
 
 
 # -------------------------------------------------------------------------------------------- files, overrides
@@ -381,12 +395,31 @@ def set_dotted_key(recipe: dict, key: str, value: Any, context: str) -> None:
     node[parts[-1]] = value
 
 
+def keys_overlap(a: str, b: str) -> bool:
+    """Whether two dotted keys name the same value or one is a section holding the other (``model.args`` and
+    ``model.args.dense_size``): setting one then changes what the other holds."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
 def apply_overrides(recipe: dict, overrides: Sequence[str]) -> dict:
-    """Set dotted keys in a copy of ``recipe``; unknown keys are caught by :func:`validate_recipe` afterwards."""
+    """Set dotted keys in a copy of ``recipe``; unknown keys are caught by :func:`validate_recipe` afterwards.
+
+    Raises :class:`UsageError` for an override that replaces a whole section after an earlier override set a key
+    inside it (``model.args.dense_size=24 model.args={filters: 8}``): the earlier value would silently vanish.
+    """
     recipe = copy.deepcopy(recipe)
+    done: list[tuple[str, str]] = []
     for text in overrides:
         parts, value = parse_override(text)
-        set_dotted_key(recipe, ".".join(parts), value, f"override {text!r}")
+        key = ".".join(parts)
+        for earlier_key, earlier_text in done:
+            if earlier_key.startswith(key + "."):
+                raise UsageError(
+                    f"override {text!r} replaces the section {key!r} after {earlier_text!r} set a key inside it, "
+                    "which would be lost; give the section first or put the key into its value"
+                )
+        set_dotted_key(recipe, key, value, f"override {text!r}")
+        done.append((key, text))
     return recipe
 
 

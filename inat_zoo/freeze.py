@@ -18,8 +18,9 @@ frozen stages still follows ``model.train()``/``model.eval()`` (timm's freeze le
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import timm.utils
 import torch
@@ -33,6 +34,7 @@ __all__ = [
     "STRATEGY_HELP",
     "Stage",
     "apply_freeze",
+    "check_schedule",
     "check_strategy",
     "frozen_stages",
     "model_stages",
@@ -204,6 +206,44 @@ def apply_freeze(model: nn.Module, strategy: str) -> nn.Module:
     else:
         _set(model, stages[: _stage_index(stages, stage, f"freeze strategy {strategy!r}") + 1], "freeze")
     return model
+
+
+def check_schedule(model: nn.Module, strategy: str, schedule: Sequence[Mapping[str, Any]]) -> None:
+    """Resolve a freeze strategy and an unfreeze schedule (``[{"epoch": 3, "stage": "layer3"}, ...]``) against
+    ``model`` without changing it, so a recipe's mistakes surface before training starts. Works on a model built
+    on the meta device.
+
+    Raises :class:`UsageError` (naming this model's stages) for an unknown stage in the strategy or the schedule, a
+    scheduled stage the strategy does not freeze (unfreezing it would do nothing), and a stage scheduled twice
+    (also under another of its names, e.g. ``stem`` and ``stages.0``).
+    """
+    stage = check_strategy(strategy)
+    if strategy == "none":
+        frozen = 0
+    else:
+        stages = model_stages(model)
+        if strategy == _HEAD:
+            if stages[-1].name != _HEAD:
+                raise UsageError(
+                    f"model {type(model).__name__} has no head group (its group_matcher matches everything)"
+                )
+            frozen = len(stages) - 1
+        else:
+            frozen = _stage_index(stages, stage, f"freeze strategy {strategy!r}") + 1
+    scheduled: dict[int, str] = {}
+    for item in schedule:
+        where = f"model.unfreeze at epoch {item['epoch']}"
+        if frozen == 0:
+            raise UsageError(f"{where}: model.freeze is none, so there is nothing to unfreeze")
+        index = _stage_index(stages, item["stage"], where)
+        if index >= frozen:
+            raise UsageError(
+                f"{where}: stage {item['stage']!r} is not frozen by model.freeze {strategy!r} (it freezes "
+                f"{', '.join(s.name for s in stages[:frozen])}), so unfreezing it would do nothing"
+            )
+        if index in scheduled:
+            raise UsageError(f"{where}: stage {item['stage']!r} is already unfrozen {scheduled[index]}")
+        scheduled[index] = f"at epoch {item['epoch']}"
 
 
 def unfreeze(model: nn.Module, stage: str) -> list[nn.Parameter]:

@@ -23,6 +23,7 @@ import gc
 import json
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ import yaml
 from .atomic import atomic_write_text
 from .config import (
     apply_overrides,
+    keys_overlap,
     load_recipe,
     parse_override,
     read_recipe_file,
@@ -90,6 +92,8 @@ LOCK = ".sweep.lock"
 DEFAULT_TRIALS = 10
 # Keys the sweep owns in every trial's recipe.
 _SWEEP_OWNED = ("output_dir", "resume")
+# ... and those the W&B backend sets in every trial (each agent run logs to W&B).
+_WANDB_OWNED = ("track.wandb", "track.mode", "track.project")
 
 
 # ------------------------------------------------------------------------------------------------ sweep files
@@ -176,11 +180,31 @@ def flatten_parameters(parameters: Any, prefix: str = "parameters") -> dict[str,
     for name, spec in parameters.items():
         key = f"{prefix}.{name}" if prefix != "parameters" else str(name)
         where = f"parameters.{key}"
-        if isinstance(spec, Mapping) and "parameters" in spec:
-            out.update(flatten_parameters(spec["parameters"], key))
-        else:
-            out[key] = normalize_parameter(where, spec)
+        inner = (
+            flatten_parameters(spec["parameters"], key)
+            if isinstance(spec, Mapping) and "parameters" in spec
+            else {key: normalize_parameter(where, spec)}
+        )
+        for inner_key, inner_spec in inner.items():
+            if inner_key in out:  # the same key spelled flat (a.b) and nested ({a: {parameters: {b: ..}}})
+                raise UsageError(f"parameter {inner_key!r} is given twice")
+            out[inner_key] = inner_spec
     return out
+
+
+def check_parameters_disjoint(parameters: Mapping[str, Any]) -> None:
+    """Refuse a swept section together with a swept key inside it (``model.args`` and ``model.args.dense_size``).
+
+    Whichever is set last wins in the trial's recipe, so the other is recorded with a value the trial did not train.
+    """
+    keys = sorted(parameters)
+    for i, outer in enumerate(keys):
+        for inner in keys[i + 1 :]:
+            if keys_overlap(outer, inner):
+                raise UsageError(
+                    f"parameters {outer!r} and {inner!r} overlap: each value of {outer!r} replaces the whole section "
+                    f"that holds {inner!r}, so trials would record values they did not train; sweep only one of them"
+                )
 
 
 def _find_upwards(relative: str, start: Path) -> Path | None:
@@ -232,6 +256,7 @@ def load_sweep(path: str | os.PathLike, recipe: str | os.PathLike | None = None)
         if goal not in ("maximize", "minimize"):
             raise UsageError(f"`metric.goal` must be maximize or minimize, got {goal!r}")
         parameters = flatten_parameters(raw.get("parameters"))
+        check_parameters_disjoint(parameters)
         for key in parameters:
             if key.split(".")[0] in _SWEEP_OWNED:
                 raise UsageError(f"parameter {key!r} is set by the sweep itself and cannot be swept")
@@ -270,14 +295,35 @@ def load_sweep(path: str | os.PathLike, recipe: str | os.PathLike | None = None)
 
 
 def pinned_parameters(sweep: Sweep, overrides: Sequence[str]) -> list[str]:
-    """Swept keys a command-line override fixes (the key itself or a section above it): they are not searched."""
-    keys = [".".join(parse_override(o)[0]) for o in overrides]
-    return [p for p in sweep.parameters if any(p == k or p.startswith(k + ".") for k in keys)]
+    """Swept keys a command-line override fixes (the key itself or a section above it): they are not searched.
+
+    Raises :class:`UsageError` for an override of a key inside a swept section (``data.augment.hflip=0`` while
+    ``data.augment`` is swept): merged into each sampled value, it would make the trial train something other than
+    the value recorded for it.
+    """
+    keys = {".".join(parse_override(o)[0]): o for o in overrides}
+    for key, text in keys.items():
+        inside = [p for p in sweep.parameters if key.startswith(p + ".")]
+        if inside:
+            raise UsageError(
+                f"override {text!r} sets a key inside the swept parameter {inside[0]!r}, whose sampled values replace "
+                f"that whole section: trials would record a {inside[0]} they did not train; fix the whole section "
+                f"({inside[0]}={{...}}) or leave the key to the sweep file"
+            )
+    return [p for p in sweep.parameters if any(keys_overlap(p, k) for k in keys)]
 
 
 def search_space(sweep: Sweep, overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """The sweep's parameters less those the command line pins (see :func:`pinned_parameters`)."""
     pinned = set(pinned_parameters(sweep, overrides))
     return {k: v for k, v in sweep.parameters.items() if k not in pinned}
+
+
+def announce_pinned(sweep: Sweep, overrides: Sequence[str]) -> None:
+    """Say on stderr which swept keys the command line fixes, so a search narrower than the file is no surprise."""
+    pinned = pinned_parameters(sweep, overrides)
+    if pinned:
+        print(f"sweep: not searched, fixed by the command line for every trial: {', '.join(pinned)}", file=sys.stderr)
 
 
 def to_wandb_config(sweep: Sweep, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -369,7 +415,10 @@ def trial_recipe(
 
 
 def check_space(sweep: Sweep, space: Mapping[str, Mapping[str, Any]], overrides: Sequence[str]) -> None:
-    """Validate the base recipe with every categorical value and range end, before any trial trains."""
+    """Validate the base recipe with every categorical value and range end, and resolve each against its model
+    (the trainer's pre-flight: model arguments, freeze stages, input size), before any trial trains."""
+    from .train import preflight
+
     for key, spec in space.items():
         if spec["distribution"] == "constant":
             candidates = [spec["value"]]
@@ -380,7 +429,11 @@ def check_space(sweep: Sweep, space: Mapping[str, Mapping[str, Any]], overrides:
         else:
             candidates = [spec["min"], spec["max"]]
         for value in candidates:
-            trial_recipe(sweep, {key: value}, overrides, "unused")
+            recipe = trial_recipe(sweep, {key: value}, overrides, "unused")
+            try:
+                preflight(recipe)
+            except UsageError as e:
+                raise UsageError(f"{sweep.recipe} with sweep parameter {key}={value!r}: {e}") from None
 
 
 def _check_overrides(overrides: Sequence[str]) -> None:
@@ -562,6 +615,7 @@ def run_optuna(sweep: Sweep, overrides: Sequence[str], trials: int | None, out: 
     space = search_space(sweep, overrides)
     if not space:
         raise UsageError(f"sweep file {str(sweep.path)!r}: every parameter is fixed by an override; nothing to search")
+    announce_pinned(sweep, overrides)
     for key, spec in space.items():
         if spec["distribution"] in WANDB_ONLY_DISTRIBUTIONS:
             raise UsageError(
@@ -685,10 +739,21 @@ def run_wandb(
 ) -> str:
     """Create the W&B sweep and run an agent here; each agent run is a trainer run in ``out/<run id>``."""
     _check_overrides(overrides)
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if any(keys_overlap(key, owned) for owned in _WANDB_OWNED):
+            raise UsageError(
+                f"override {text!r}: the W&B backend sets {', '.join(_WANDB_OWNED)} in every trial "
+                "(it logs each one to W&B online; --project names the project)"
+            )
+    owned = [p for p in sweep.parameters if any(keys_overlap(p, k) for k in _WANDB_OWNED)]
+    if owned:
+        raise UsageError(f"parameter {owned[0]!r} cannot be swept: the W&B backend sets {', '.join(_WANDB_OWNED)}")
     base = load_recipe(sweep.recipe, overrides)
-    space = search_space(sweep, overrides)
-    check_space(sweep, {k: v for k, v in space.items() if v["distribution"] in OPTUNA_DISTRIBUTIONS}, overrides)
     config = to_wandb_config(sweep, overrides)
+    space = search_space(sweep, overrides)
+    announce_pinned(sweep, overrides)
+    check_space(sweep, {k: v for k, v in space.items() if v["distribution"] in OPTUNA_DISTRIBUTIONS}, overrides)
     require_wandb_online()
     import wandb
 
@@ -700,7 +765,7 @@ def run_wandb(
     def run_trial() -> None:
         with wandb.init(dir=os.fspath(out)) as run:
             params = {key: _config_value(run.config, key) for key in space}
-            tracking = {"track.wandb": True, "track.mode": "online", "track.project": project}
+            tracking = dict(zip(_WANDB_OWNED, (True, "online", project), strict=True))
             recipe = trial_recipe(sweep, params, overrides, out / run.id, **tracking)
             train(recipe)
         _release_memory()

@@ -11,6 +11,8 @@ Only the main process writes files or prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -28,6 +30,7 @@ from .errors import UsageError
 
 CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
+LOCK_FILE = ".train.lock"  # held (flock) by the training writing into the run directory
 STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks the checkpoint complete
 _CKPT_RE = re.compile(r"^checkpoint_(\d+)$")
 # recipe keys that may change between a run and its resumption (they do not change what is computed)
@@ -81,12 +84,61 @@ def _recipe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def _run_files(out: Path) -> list[Path]:
+    """What a run directory holds, the lock file aside (it outlives the process that took it)."""
+    return [p for p in out.iterdir() if p.name != LOCK_FILE]
+
+
+def _stopped_before_first_checkpoint(out: Path) -> bool:
+    """A start that died before its first checkpoint (a crash, Ctrl-C, SIGKILL in epoch 1) leaves recipe.yaml and
+    perhaps history.jsonl, but nothing a finished epoch writes (a checkpoint, model/, metrics.json)."""
+    return (
+        (out / "recipe.yaml").is_file()
+        and not complete_checkpoints(out)
+        and not (out / MODEL_DIR).exists()
+        and not (out / "metrics.json").exists()
+    )
+
+
+def _in_use(out: Path) -> bool:
+    """Whether a running training holds the run directory's lock (the kernel drops it when that process dies)."""
+    try:
+        with open(out / LOCK_FILE, "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+    except FileNotFoundError:
+        return False
+    return False
+
+
+def _lock_run_directory(out: Path):
+    """Take the run directory's lock for this process (main process only); the open file holds it until closed."""
+    f = open(out / LOCK_FILE, "a+b")  # noqa: SIM115  (held for the whole run, closed in train())
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UsageError(f"output_dir {str(out)!r} is in use by another running training") from None
+    return f
+
+
 def check_run_directory(recipe: dict) -> Path | None:
-    """Refuse to overwrite a run; with ``resume`` return the checkpoint to continue from (None: start afresh)."""
+    """Refuse to overwrite a run; with ``resume`` return the checkpoint to continue from (None: start afresh).
+
+    A folder where an earlier start stopped before its first checkpoint holds nothing to resume or to protect: the
+    next start, with or without ``resume``, begins afresh there (so a crash in epoch 1 never blocks the rerun). A
+    folder a running training holds is refused. Only reads: every process of a launch calls it.
+    """
     out = Path(recipe["output_dir"])
     if out.exists() and not out.is_dir():
         raise UsageError(f"output_dir {str(out)!r} exists and is not a directory")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not _run_files(out):
+        return None
+    if _in_use(out):
+        raise UsageError(f"output_dir {str(out)!r} is in use by another running training")
+    if _stopped_before_first_checkpoint(out):
         return None
     if not recipe["resume"]:
         raise UsageError(
@@ -120,19 +172,120 @@ def check_data_root(recipe: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ components
-def _create_model(recipe: dict, num_classes: int):
+def _timm_model(recipe: dict, num_classes: int | None, args: dict, *, meta: bool):
     import timm
+    import torch
 
     from . import models  # noqa: F401  (registers inat_*)
 
     m = recipe["model"]
+    classes = {} if num_classes is None else {"num_classes": num_classes}
     try:
-        return timm.create_model(m["name"], pretrained=m["pretrained"], num_classes=num_classes, **m["args"])
-    except TypeError as e:
+        # on the meta device: parameters without storage and no weights loaded, for checks that cost nothing
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            return timm.create_model(m["name"], pretrained=m["pretrained"] and not meta, **classes, **args)
+    except (TypeError, ValueError) as e:  # an unknown or bad keyword argument of the model's constructor
         raise UsageError(f"model.args for {m['name']!r} are not accepted: {e}") from None
 
 
+def _model_args(recipe: dict, num_classes: int | None) -> dict:
+    """``model.args``, plus ``img_size=data.image_size`` for a model that takes only its own input size (timm's
+    ``fixed_input_size``: FlexibleCNN's flatten head, ViTs) when the recipe names no ``img_size``: the recipe asks
+    for crops of that size, so the model is built for them instead of failing on the first batch."""
+    args = dict(recipe["model"]["args"])
+    size = recipe["data"]["image_size"]
+    if size is None or "img_size" in args:
+        return args
+    cfg = getattr(_timm_model(recipe, num_classes, args, meta=True), "pretrained_cfg", None) or {}
+    if cfg.get("fixed_input_size") and tuple(cfg["input_size"][-2:]) != (size, size):
+        args["img_size"] = size
+    return args
+
+
+def _create_model(recipe: dict, num_classes: int | None, *, meta: bool = False):
+    """The recipe's timm model with ``num_classes`` outputs (None: the model's default), on the meta device with
+    ``meta`` (for :func:`preflight`). Raises :class:`UsageError` when the model does not accept ``model.args``."""
+    args = _model_args(recipe, num_classes)
+    try:
+        return _timm_model(recipe, num_classes, args, meta=meta)
+    except UsageError as e:
+        if "img_size" in args and "img_size" not in recipe["model"]["args"]:
+            raise UsageError(
+                f"{e} (img_size={args['img_size']} is data.image_size: {recipe['model']['name']!r} takes a fixed "
+                "input size, built for the training crops)"
+            ) from None
+        raise
+
+
+def _class_count(recipe: dict) -> int | None:
+    """The classes in ``data.root``/train, listed as the data layer lists them (and its layout checked); None for
+    a Hub data set, whose labels are known only once it is loaded (checks then use the model's default)."""
+    root = Path(recipe["data"]["root"])
+    if not root.is_dir():
+        return None
+    from .data.checks import scan_root
+
+    train, _ = scan_root(root)
+    return len(train.classes)
+
+
+def preflight(recipe: dict) -> None:
+    """Resolve a validated recipe against its model, built on the meta device for the data's class count (no
+    memory, no weights, no file written), so its mistakes stop the start instead of a later epoch:
+
+    - the model name and ``model.args`` (:func:`_create_model`);
+    - ``model.freeze`` and every ``model.unfreeze`` stage name against the model's stages
+      (:func:`inat_zoo.freeze.check_schedule`); the unfreeze epochs are checked by the recipe schema;
+    - the input size against the model: a square training crop (``data.image_size``, else ``model.args.img_size``,
+      else the model's default) that the model, its head included, can take.
+
+    Raises :class:`UsageError` for each of them.
+    """
+    from .freeze import check_schedule
+
+    m = recipe["model"]
+    _check_square(m["args"].get("img_size"))
+    model = _create_model(recipe, _class_count(recipe), meta=True)
+    check_schedule(model, m["freeze"], m["unfreeze"])
+    _check_input_size(model, recipe)
+
+
+def _check_square(img_size) -> None:
+    if isinstance(img_size, (list, tuple)) and len(set(img_size)) != 1:
+        raise UsageError(
+            f"model.args.img_size {list(img_size)} is not square: training crops square images "
+            "(data.image_size x data.image_size); give one int"
+        )
+
+
+def _check_input_size(model, recipe: dict) -> None:
+    """Run a (2, 3, H, W) meta batch (the RGB crops the loaders make) through the model in eval mode."""
+    import torch
+
+    name = recipe["model"]["name"]
+    img_size, image_size = recipe["model"]["args"].get("img_size"), recipe["data"]["image_size"]
+    height, width = _data_config(model, recipe)["input_size"][-2:]
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    declared = tuple(cfg.get("input_size", (0, height, width))[-2:])
+    if cfg.get("fixed_input_size") and declared != (height, width):
+        raise UsageError(
+            f"model.args.img_size {img_size} contradicts data.image_size {image_size}: {name!r} takes only "
+            f"{declared[0]}x{declared[1]} inputs; set one of them (or drop img_size: it follows data.image_size)"
+        )
+    source = f"data.image_size={image_size}" if image_size else ("model.args.img_size" if img_size else "its config")
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(2, 3, height, width, device="meta"))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "meta" in reason:  # an operation without a meta kernel (.item(), ...): the shapes cannot be checked here
+            return
+        raise UsageError(f"model {name!r} cannot take the 3x{height}x{width} input of {source}: {reason}") from None
+
+
 def _data_config(model, recipe: dict) -> dict:
+    """The model's timm data config with the training crop size: ``data.image_size``, else ``model.args.img_size``
+    (square: :func:`preflight` refuses another), else the model's own."""
     from timm.data import resolve_model_data_config
 
     cfg = dict(resolve_model_data_config(model))
@@ -736,26 +889,35 @@ def _current_lr(optimizer) -> float:
 def train(recipe: dict, *, epoch_callback: EpochCallback | None = None) -> dict:
     """Run one training from a recipe (validated here again) and return the content of metrics.json.
 
-    Everything the user can get wrong is checked before the first file is written. ``epoch_callback(epoch,
-    record)`` runs on the main process after each epoch; an exception from it stops training and propagates.
+    Everything the user can get wrong is checked before the first file is written (:func:`preflight`).
+    ``epoch_callback(epoch, record)`` runs on the main process after each epoch; an exception from it stops
+    training and propagates.
     """
     recipe = validate_recipe(recipe)
     check_data_root(recipe)
     resume_from = check_run_directory(recipe)
+    preflight(recipe)
     trainer = _Trainer(recipe, resume_from, epoch_callback)
     acc = trainer.accelerator
     acc.wait_for_everyone()  # every rank has checked the run directory before anyone writes into it
+    lock = None
     try:
         if acc.is_main_process:
             out = trainer.out
             out.mkdir(parents=True, exist_ok=True)
+            lock = _lock_run_directory(out)
             for leftover in (out / CHECKPOINTS).glob(".checkpoint_*.partial"):
                 shutil.rmtree(leftover, ignore_errors=True)
+            if resume_from is None and _stopped_before_first_checkpoint(out):
+                acc.print(f"{out} holds a start that stopped before its first checkpoint: starting afresh")
+                (out / "history.jsonl").unlink(missing_ok=True)
             atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
         acc.wait_for_everyone()
         return trainer.fit()
     finally:
         acc.end_training()
+        if lock is not None:
+            lock.close()
 
 
 # -------------------------------------------------------------------------------------------------------- CLI

@@ -131,3 +131,18 @@ def test_cli_error_is_one_line_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("inat-zoo: error:") and "'train.epoch'" in err[0]
     assert not out.exists()
+
+
+def test_an_override_never_silently_drops_an_earlier_one(tmp_path):
+    recipe = {"model": {"args": {"filters": 8}}}
+    merged = apply_overrides(recipe, ["model.args={filters: 4}", "model.args.dense_size=24"])
+    assert merged["model"]["args"] == {"filters": 4, "dense_size": 24}
+    with pytest.raises(UsageError, match="replaces the section 'model.args' after 'model.args.dense_size=24' set a"):
+        apply_overrides(recipe, ["model.args.dense_size=24", "model.args={filters: 4}"])
+
+
+def test_an_unfreeze_after_the_last_epoch_is_refused():
+    model = {"freeze": "until:stages.2", "unfreeze": [{"epoch": 3, "stage": "stages.2"}]}
+    assert validate_recipe({"model": model, "train": {"epochs": 3}})["model"]["unfreeze"] == model["unfreeze"]
+    with pytest.raises(UsageError, match="at epoch 3, after the last epoch \\(train.epochs=2\\): it would never"):
+        validate_recipe({"model": model, "train": {"epochs": 2}})

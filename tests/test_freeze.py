@@ -15,6 +15,7 @@ import inat_zoo  # noqa: F401  (registers inat_flexible_cnn)
 from inat_zoo.errors import UsageError
 from inat_zoo.freeze import (
     apply_freeze,
+    check_schedule,
     check_strategy,
     frozen_stages,
     model_stages,
@@ -124,6 +125,21 @@ def test_resnet50_stage_names_and_freezing_on_meta():
     assert isinstance(model.layer3[5].bn3, FrozenBatchNorm2d) and model.layer3[5].bn3.weight.is_meta
     assert isinstance(model.layer4[0].bn1, nn.BatchNorm2d)
     assert parameter_counts(model)[0] == 23_528_522  # resnet50 with a 10-class fc, frozen BN weights included
+
+
+def test_check_schedule_resolves_a_recipe_on_meta_without_changing_the_model():
+    model = timm.create_model("resnet50", pretrained=False, num_classes=10, device="meta")
+    check_schedule(model, "head", [{"epoch": 2, "stage": "layer4"}, {"epoch": 3, "stage": "stem"}])
+    check_schedule(model, "until:layer3", [{"epoch": 2, "stage": "layer3"}])
+    assert all(p.requires_grad for p in model.parameters())  # nothing was frozen
+    with pytest.raises(UsageError, match="stage 'layer4' is not frozen by model.freeze 'until:layer3'"):
+        check_schedule(model, "until:layer3", [{"epoch": 2, "stage": "layer4"}])
+    with pytest.raises(UsageError, match="unknown stage 'stages.2' in model.unfreeze at epoch 2; .*: stem, layer1"):
+        check_schedule(model, "head", [{"epoch": 2, "stage": "stages.2"}])
+    with pytest.raises(UsageError, match="unknown stage 'layer9' in freeze strategy 'until:layer9'"):
+        check_schedule(model, "until:layer9", [])
+    with pytest.raises(UsageError, match="stage 'layer2' is already unfrozen at epoch 2"):
+        check_schedule(model, "head", [{"epoch": 2, "stage": "layer2"}, {"epoch": 4, "stage": "layer2"}])
 
 
 def test_flexible_cnn_stages_and_stem_alias():

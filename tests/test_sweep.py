@@ -208,13 +208,16 @@ def test_suggestion_is_repeatable_for_a_fixed_trial():
 
 def test_overrides_pin_swept_keys_and_apply_to_every_trial(tmp_path):
     sweep = load_sweep(SWEEPS / "flexible_cnn.yaml")
-    overrides = ["model.args.filters=4", "model.args.dense_size=16", "data.augment.hflip=0.0", "train.epochs=1"]
+    overrides = ["model.args.filters=4", "model.args.dense_size=16", "train.epochs=1"]
     assert pinned_parameters(sweep, overrides) == ["model.args.filters", "model.args.dense_size"]
     space = search_space(sweep, overrides)
-    assert "model.args.filters" not in space and "data.augment" in space  # a key below a swept one merges
-    recipe = trial_recipe(sweep, {"data.augment": {"re_prob": 0.25}, "model.args.filters": 64}, overrides, "x")
+    assert "model.args.filters" not in space and "data.augment" in space
+    recipe = trial_recipe(sweep, {"data.augment": {"re_prob": 0.25}}, overrides, "x")
     assert recipe["model"]["args"]["filters"] == 4 and recipe["train"]["epochs"] == 1
-    assert recipe["data"]["augment"] == {"re_prob": 0.25, "hflip": 0.0}
+    assert recipe["data"]["augment"] == {"re_prob": 0.25}  # the sampled value, exactly as it is recorded
+    # a whole section given on the command line pins every swept key inside it
+    section = ["model.args={filters: 4, dense_size: 16}"]
+    assert {p for p in sweep.parameters if p.startswith("model.args.")} == set(pinned_parameters(sweep, section))
     config = to_wandb_config(sweep, overrides)
     assert "recipe" not in config and config["command"][3] == "inat_zoo.train"
     assert config["metric"] == {"name": "val_accuracy", "goal": "maximize"}
@@ -222,6 +225,74 @@ def test_overrides_pin_swept_keys_and_apply_to_every_trial(tmp_path):
     assert set(config["parameters"]) == set(space)
     assert config["parameters"]["train.lr"] == {"distribution": "log_uniform_values", "min": 1e-4, "max": 3e-3}
     json.dumps(config)  # W&B sends it as JSON
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("inat-zoo: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("backend", ["optuna", "wandb"])
+def test_a_sweep_that_samples_a_section_and_a_key_inside_it_is_refused(tmp_path, base_recipe, capsys, backend):
+    """issue 13, item 7: `model.args` and `model.args.dense_size` both swept; a trial recorded dense_size=24 and
+    trained the default 256 (its sampled model.args replaced the section after dense_size was set)."""
+    parameters = {
+        "model.args.dense_size": {"values": [24, 32]},
+        "model.args": {"values": [{"filters": 4}, {"filters": 8, "act_layer": "gelu"}]},
+    }
+    out = tmp_path / "out"
+    sweep_file = str(write_sweep(tmp_path, base_recipe, parameters=parameters))
+    assert main(["sweep", sweep_file, "--backend", backend, "--out", str(out)]) == 2
+    assert "parameters 'model.args' and 'model.args.dense_size' overlap" in one_error_line(capsys)
+    assert not out.exists()
+    # the same key spelled flat and nested is the same contradiction
+    nested = {"parameters": {"args": {"parameters": {"filters": {"values": [8]}}}}}
+    twice = {"model.args.filters": {"values": [4]}, "model": nested}
+    with pytest.raises(UsageError, match="parameter 'model.args.filters' is given twice"):
+        load_sweep(write_sweep(tmp_path, base_recipe, parameters=twice))
+
+
+@pytest.mark.parametrize("backend", ["optuna", "wandb"])
+def test_a_swept_value_the_model_cannot_take_is_refused_before_any_trial(tmp_path, base_recipe, capsys, backend):
+    """Each swept value is resolved against the model on the meta device, as the trainer's pre-flight does."""
+    parameters = {"model.freeze": {"values": ["head", "until:stages.9"]}, "train.lr": {"values": [0.1]}}
+    out = tmp_path / "out"
+    sweep_file = str(write_sweep(tmp_path, base_recipe, parameters=parameters))
+    assert main(["sweep", sweep_file, "--backend", backend, "--out", str(out)]) == 2
+    err = one_error_line(capsys)
+    assert "with sweep parameter model.freeze='until:stages.9': unknown stage 'stages.9' in freeze strategy" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("backend", ["optuna", "wandb"])
+def test_an_override_inside_a_swept_section_is_refused(tmp_path, sample_root, capsys, backend):
+    """`data.augment` is swept as whole mappings: `data.augment.hflip=0.5` would be merged into each sampled value,
+    so a trial recorded as the "no augmentation" mapping (hflip 0) would train with flips."""
+    sweep_file = str(SWEEPS / "flexible_cnn.yaml")
+    out = tmp_path / "out"
+    args = ["sweep", sweep_file, "--backend", backend, f"data.root={sample_root}", "data.augment.hflip=0.5"]
+    assert main([*args, "--out", str(out)]) == 2
+    err = one_error_line(capsys)
+    assert "override 'data.augment.hflip=0.5' sets a key inside the swept parameter 'data.augment'" in err
+    assert not out.exists()
+    with pytest.raises(UsageError, match="inside the swept parameter 'data.augment'"):
+        to_wandb_config(load_sweep(sweep_file), ["data.augment.hflip=0.5"])
+
+
+def test_pinned_keys_are_announced_and_left_out_of_the_wandb_spec(tmp_path, sample_root, capsys):
+    sweep = load_sweep(SWEEPS / "flexible_cnn.yaml")
+    config = to_wandb_config(sweep, ["model.args={filters: 4, dense_size: 16}", "train.lr=1e-3"])
+    assert set(config["parameters"]) == {"data.augment"}
+    # the W&B path resolves the overrides before it needs the server (W&B is disabled in the tests)
+    args = ["sweep", str(SWEEPS / "flexible_cnn.yaml"), "--backend", "wandb", f"data.root={sample_root}"]
+    assert main([*args, "train.lr=1e-3", "model.args.filters=4", "--out", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "sweep: not searched, fixed by the command line for every trial: model.args.filters, train.lr" in err
+    assert "W&B sweeps need the W&B server" in err
+    # keys the W&B backend sets in every trial cannot be overridden nor swept
+    assert main([*args, "track.mode=offline"]) == 2
+    assert "the W&B backend sets track.wandb, track.mode, track.project in every trial" in one_error_line(capsys)
 
 
 def test_hyperband_prunes_weak_trials_from_epoch_reports(tmp_path, base_recipe):
@@ -314,7 +385,9 @@ def test_sweep_refuses_bad_use(tmp_path, sample_root, capsys):
 def test_optuna_sweep_resumes_and_reports(tmp_path, sample_root, capsys):
     out = tmp_path / "sweep"
     assert sweep_cli(out, sample_root, "--trials", "2") == 0
-    assert "2 finished trials" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "2 finished trials" in captured.out
+    assert "fixed by the command line for every trial: model.args.filters, model.args.dense_size" in captured.err
 
     # the process is killed during the third trial: its journal entry stays RUNNING with its parameters, and its
     # run directory holds what train() writes first (the resolved recipe)

@@ -315,12 +315,17 @@ class FlexibleCNN(nn.Module):
 
 
 def _create_flexible_cnn(variant: str, pretrained: bool = False, **kwargs: Any) -> FlexibleCNN:
+    overlay: dict[str, Any] = {}
     img_size = kwargs.get("img_size")
     if img_size is not None:
         # keep the data config (timm.data.resolve_model_data_config) in step with the size the model was built for
         hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        size_cfg = dict(input_size=(kwargs.get("in_chans", 3), *hw), pool_size=(hw[0] // 32, hw[1] // 32))
-        kwargs["pretrained_cfg_overlay"] = {**size_cfg, **(kwargs.get("pretrained_cfg_overlay") or {})}
+        overlay.update(input_size=(kwargs.get("in_chans", 3), *hw), pool_size=(hw[0] // 32, hw[1] // 32))
+    if "global_pool" in kwargs:
+        # timm's flag for "this model takes only its input_size" (the trainer builds such a head for its crops)
+        overlay["fixed_input_size"] = kwargs["global_pool"] == "flatten"
+    if overlay:
+        kwargs["pretrained_cfg_overlay"] = {**overlay, **(kwargs.get("pretrained_cfg_overlay") or {})}
     return build_model_with_cfg(
         FlexibleCNN,
         variant,
