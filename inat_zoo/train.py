@@ -105,8 +105,8 @@ def _in_use(out: Path) -> bool:
     try:
         with open(out / LOCK_FILE, "rb") as f:
             try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:  # EACCES or EAGAIN: another process holds it
                 return True
     except FileNotFoundError:
         return False
@@ -114,11 +114,16 @@ def _in_use(out: Path) -> bool:
 
 
 def _lock_run_directory(out: Path):
-    """Take the run directory's lock for this process (main process only); the open file holds it until closed."""
+    """Take the run directory's lock for this process (main process only); the open file holds it until closed.
+
+    A POSIX record lock (``lockf``), not ``flock``: DataLoader workers fork from this process, and a ``flock`` lock
+    belongs to the open file they inherit, so it would outlive a SIGKILLed trainer until its workers notice and exit,
+    blocking the ``resume=true`` that follows. A record lock belongs to this process alone and dies with it.
+    """
     f = open(out / LOCK_FILE, "a+b")  # noqa: SIM115  (held for the whole run, closed in train())
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         f.close()
         raise UsageError(f"output_dir {str(out)!r} is in use by another running training") from None
     return f
