@@ -363,9 +363,10 @@ def _loader(dataset, batch_size: int, *, train: bool, num_workers: int, pin_memo
 
 
 def _image_loader(
-    split, transform, data_config, batch_size: int, *, train: bool, num_workers: int, pin_memory: bool, seed: int
+    split, transform, data_config, batch_size: int, *, train: bool, num_workers: int, pin_memory: bool, seed=None
 ):
-    """Images through the fast decoder; shuffled, each sample's augmentation is seeded by (seed, epoch, index)."""
+    """Images through the fast decoder; for training, shuffled and each sample's augmentation seeded by (seed, epoch,
+    index)."""
     from .data import create_image_loader
 
     options = _loader_options(len(split), batch_size, train)
@@ -456,14 +457,7 @@ class _Trainer:
         )
         # the test split is scored once, at the end, by the one evaluation function (finish), not by a loader here
         self.val_loader = _image_loader(
-            dsdict["validation"],
-            eval_tf,
-            self.data_config,
-            eval_bs,
-            train=False,
-            num_workers=nw,
-            pin_memory=pin,
-            seed=recipe["seed"],
+            dsdict["validation"], eval_tf, self.data_config, eval_bs, train=False, num_workers=nw, pin_memory=pin
         )
 
         self.cached = self._feature_cache_wanted()
@@ -550,14 +544,7 @@ class _Trainer:
         features = {}
         for split in ("train", "validation"):
             images = _image_loader(
-                dsdict[split],
-                eval_tf,
-                self.data_config,
-                eval_bs,
-                train=False,
-                num_workers=nw,
-                pin_memory=pin,
-                seed=self.recipe["seed"],
+                dsdict[split], eval_tf, self.data_config, eval_bs, train=False, num_workers=nw, pin_memory=pin
             )
             # each rank extracts its shard; gather_for_metrics inside gives every rank the whole split
             features[split] = cache.get(split, acc.prepare_data_loader(images), acc, progress=self.is_main)

@@ -56,14 +56,7 @@ def _train_and_save(run: Path, sample_root: Path, model_name: str, steps: int, m
     torch.manual_seed(0)
     names = class_names(sample_root)
     model = timm.create_model(model_name, num_classes=len(names), pretrained=False, **model_args)
-    data_config = {
-        "input_size": (3, IMG, IMG),
-        "interpolation": "bilinear",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "crop_pct": 1.0,
-        "crop_mode": "center",
-    }
+    data_config = color_data_config(IMG, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     transform = timm_eval_transform(data_config)
     files = image_files(sample_root, "train")
     x = torch.stack([transform(load_pil(f)) for f, _ in files])
@@ -117,12 +110,13 @@ class ColorModel(torch.nn.Module):
         return torch.relu(self.stages(x)).mean((2, 3)) * 10
 
 
-def color_data_config(size: int = 32) -> dict:
+def color_data_config(size: int = 32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> dict:
+    """A timm data config: ``size`` px, bilinear, no crop margin; identity normalisation unless given."""
     return {
         "input_size": (3, size, size),
         "interpolation": "bilinear",
-        "mean": (0.0, 0.0, 0.0),
-        "std": (1.0, 1.0, 1.0),
+        "mean": mean,
+        "std": std,
         "crop_pct": 1.0,
         "crop_mode": "center",
     }
