@@ -67,9 +67,21 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_pillow_size_warning() -> None:
+    """Pillow warns (a two-line Python warning) about images of 89-179 megapixels and still decodes them; above
+    that it refuses, and the commands report that in one line. A command-line tool prints one line per problem, so
+    the warning is silenced here, for this process and the DataLoader workers it forks (not for library users)."""
+    import warnings
+
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    _quiet_pillow_size_warning()
     try:
         args = build_parser(argv).parse_args(argv)
         return int(args._run(args) or 0)

@@ -36,6 +36,9 @@ from .plots import RIGHT, WRONG, denormalize, minmax, new_figure, new_grid, save
 logger = logging.getLogger(__name__)
 
 EXPLAIN_FOLDER = "explain"
+# pictures of the user's own --image files: beside the run's explain/ pictures, never instead of them, and not
+# published by `push` (which shows explain/, made from test images)
+EXPLAIN_IMAGES_FOLDER = "explain_images"
 EXPLAIN_FILES = ("filters.png", "guided_backprop.png", "gradcam.png", "integrated_gradients.png")
 NUM_NEURONS = 10
 MAX_FILTERS = 64
@@ -297,7 +300,8 @@ def explain(
         data = load_eval_data(loaded, data_root, "test")
         source, names = data.images, data.class_names
         picked = _readable(source, _pick_images(data.labels, len(data.labels)), images)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(loaded, EXPLAIN_FOLDER)
+    folder = EXPLAIN_IMAGES_FOLDER if image_files else EXPLAIN_FOLDER
+    out = Path(out_dir) if out_dir is not None else default_out_dir(loaded, folder)
     check_out_dir(out, EXPLAIN_FILES)
     model = loaded.model
     dev = next(model.parameters()).device
@@ -374,7 +378,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--integrated-gradients", action="store_true", help="also write integrated_gradients.png")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default: <run>/explain)")
+    parser.add_argument(
+        "--out", metavar="DIR", help="output folder (default: <run>/explain, with --image <run>/explain_images)"
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from timm.models import parse_model_name, split_model_name_tag
 
 from . import models  # noqa: F401  (registers the inat_* architectures before any create_model)
 from .errors import UsageError
-from .hub_ids import parse_hub_id
+from .hub_ids import hub_id_problem, parse_hub_id
 
 MODEL_FOLDER = "model"
 RECIPE_FILE = "recipe.yaml"
@@ -54,9 +54,8 @@ def resolve_model_ref(ref: str) -> tuple[str, Path | None]:
         source, model_id = parse_model_name(ref)
     except ValueError as e:
         if "looks like" in str(e):  # a path-like ref that is not there
-            raise UsageError(
-                f"no such run directory: {ref} (for a Hub model write hf-hub:{ref}, for a folder local-dir:PATH)"
-            ) from e
+            hub = f"for a Hub model write hf-hub:{ref}, " if hub_id_problem(ref) is None else ""  # only for org/name
+            raise UsageError(f"no such run directory: {ref} ({hub}for a folder local-dir:PATH)") from e
         raise UsageError(f"bad MODEL {ref!r}: {e}") from e
     if source == "local-dir":
         folder = Path(model_id).expanduser()

@@ -112,5 +112,11 @@ def minmax(a: np.ndarray) -> np.ndarray:
 
 def suptitle(fig: Figure, text: str, **kwargs) -> None:
     """A figure title pinned 0.05 inch below the top edge (matplotlib's default y is a fraction: on tall grids it
-    drifts down into the first row's titles)."""
+    drifts down into the first row's titles), wrapped to the figure's width so a narrow figure (one image) never
+    clips it."""
+    import textwrap
+
+    fontsize = kwargs.get("fontsize", 12)
+    chars = max(12, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))  # ~0.6 em per character
+    text = "\n".join(textwrap.fill(line, chars) for line in text.splitlines())
     fig.suptitle(text, y=1 - 0.05 / fig.get_figheight(), va="top", **kwargs)

@@ -272,6 +272,12 @@ def _check_input_size(model, recipe: dict) -> None:
     height, width = _data_config(model, recipe)["input_size"][-2:]
     cfg = getattr(model, "pretrained_cfg", None) or {}
     declared = tuple(cfg.get("input_size", (0, height, width))[-2:])
+    asked = img_size[-1] if isinstance(img_size, (list, tuple)) else img_size  # square: _check_square
+    if asked is not None and image_size is not None and asked != image_size:  # the exported config would say both
+        raise UsageError(
+            f"model.args.img_size {img_size} contradicts data.image_size {image_size}: the model is trained on "
+            f"{image_size}x{image_size} crops; drop img_size (it follows data.image_size) or make them equal"
+        )
     if cfg.get("fixed_input_size") and declared != (height, width):
         raise UsageError(
             f"model.args.img_size {img_size} contradicts data.image_size {image_size}: {name!r} takes only "

@@ -57,6 +57,9 @@ def test_refuses_existing_splits_and_bad_arguments(sample_root, tmp_path):
         write_sample(tmp_path / "x", min_side=50, max_side=40)
     with pytest.raises(UsageError, match="per class"):
         write_sample(tmp_path / "y", train_per_class=0)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UsageError, match="exists and is not a folder"):  # was a FileExistsError traceback
+        write_sample(tmp_path / "a_file")
     assert not (tmp_path / "x" / "train").exists()
 
 

@@ -192,6 +192,20 @@ def test_explain_pictures_show_the_evidence_for_images_named_on_the_command_line
     assert figures["axes:guided_backprop.png"][0].get_title().startswith("input\npred: a_red")
 
 
+def test_explain_of_your_own_images_never_replaces_the_runs_pictures(runs, sample_root, tmp_path, figures):
+    """`explain RUN --image` writes <run>/explain_images/, which push does not publish; <run>/explain/ (test
+    images) stays as it was. A one-image figure wraps its title instead of clipping it."""
+    run = make_run(runs, sample_root, filters=8)
+    explain(str(run), images=2)
+    before = {p.name: p.read_bytes() for p in (run / "explain").iterdir()}
+    photo = _square_image(tmp_path / "photo.png", COLORS["a_red"])
+    paths = explain(str(run), image_files=[photo])
+    assert {p.parent for p in paths.values()} == {run / "explain_images"}
+    assert {p.name: p.read_bytes() for p in (run / "explain").iterdir()} == before
+    title = figures["gradcam.png"][1]
+    assert title.startswith("Grad-CAM of") and title.endswith("predicted class")  # the whole title, wrapped
+
+
 def test_explain_image_that_cannot_be_read_is_one_line(runs, sample_root, tmp_path, capsys):
     run = make_run(runs, sample_root, filters=8)
     for kind, path in {**unreadable_files(tmp_path / "bad"), "missing": tmp_path / "missing.png"}.items():

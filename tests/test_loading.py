@@ -32,7 +32,8 @@ def test_resolve_refs(run):
 @pytest.mark.parametrize(
     ("ref", "message"),
     [
-        ("no/such/run", "no such run directory: no/such/run"),
+        ("no/such/run", r"no such run directory: no/such/run \(for a folder local-dir:PATH\)$"),
+        ("someone/run", r"no such run directory: someone/run \(for a Hub model write hf-hub:someone/run, "),
         ("local-dir:/no/such/folder", "no such model folder"),
         ("resnet18x", "did you mean resnet18"),
         ("zz:abc", "Unknown model source 'zz'"),

@@ -4,6 +4,8 @@ an unreadable named file is one line and exit 2, unreadable files inside a folde
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,11 @@ from .eval_helpers import (
     image_files,
     load_pil,
     make_run,
+    png_bomb,
     timm_eval_transform,
     unreadable_files,
 )
+from .train_helpers import subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +85,16 @@ def test_an_unreadable_named_image_is_one_line_and_exit_2(run, tmp_path, capsys)
     assert _error_of(run, files["empty"], capsys).endswith(": empty file (0 bytes)")
     assert f"{files['truncated']}: truncated file (" in _error_of(run, files["truncated"], capsys)
     assert main(["predict", str(tmp_path / "missing.jpg"), "--model", str(run), "--top-k", "0"]) == 2
+
+
+def test_an_image_pillow_only_warns_about_gives_one_line_too(run, tmp_path):
+    """89-179 megapixels: Pillow warns (two lines of Python warning) and decodes; the command prints only its line.
+    A real `inat-zoo` process: pytest would capture the warning before it reached stderr."""
+    big = png_bomb(tmp_path / "big.png", side=10000)  # a header only: truncated once decoded
+    cmd = [sys.executable, "-m", "inat_zoo.cli", "predict", str(big), "--model", str(run)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"inat-zoo: error: {big}: ") and done.stderr.count("\n") == 1, done.stderr
 
 
 def _error_of(run, path, capsys) -> str:

@@ -55,6 +55,10 @@ def demo_args(sample_root: Path, out: Path, *overrides: str) -> list[str]:
             ["model.name=inat_flexible_cnn_flatten", "model.args.img_size=224"],
             "model.args.img_size 224 contradicts data.image_size 64",
         ),
+        (  # a pooled head takes any size, but the exported config would record two input sizes
+            ["model.args.img_size=32"],
+            "model.args.img_size 32 contradicts data.image_size 64",
+        ),
         (
             ["model.name=inat_flexible_cnn_flatten", "data.image_size=48"],
             "needs img_size divisible by 32 (5 poolings), e.g. 224 or 256; got 48 (img_size=48 is data.image_size",

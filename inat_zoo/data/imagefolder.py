@@ -68,6 +68,9 @@ def split_train_validation(train: datasets.Dataset, val_fraction: float, seed: i
     return datasets.DatasetDict(train=parts["train"], validation=parts["test"])
 
 
+_WARNED: set[tuple[Path, str]] = set()  # (root, listing) of the unreadable files already named in this process
+
+
 def _load_local(root: Path, strict: bool) -> datasets.DatasetDict:
     import datasets
 
@@ -80,7 +83,9 @@ def _load_local(root: Path, strict: bool) -> datasets.DatasetDict:
         listing = format_paths(bad)
         if strict:
             raise UsageError(f"{root}: {len(bad)} unreadable image file(s): {listing}")
-        logger.warning("skipping %d unreadable image file(s) in %s: %s", len(bad), root, listing)
+        if (root, listing) not in _WARNED:  # once per process: training loads the folder again for its test pass
+            _WARNED.add((root, listing))
+            logger.warning("skipping %d unreadable image file(s) in %s: %s", len(bad), root, listing)
     for scan in (train, test):
         for name in scan.classes:
             if all(p in bad for p in scan.files[name]):

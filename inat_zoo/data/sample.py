@@ -174,6 +174,8 @@ def write_sample(
         )
     if not 8 <= min_side <= max_side:
         raise UsageError(f"sample: need 8 <= min_side <= max_side (got {min_side}, {max_side})")
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"sample: --root {root} exists and is not a folder")
     existing = [root / s for s in SPLITS if (root / s).exists()]
     if existing:
         raise UsageError(f"sample: {existing[0]} already exists; choose an empty --root")
