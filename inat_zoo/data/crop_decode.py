@@ -31,7 +31,7 @@ import random
 import re
 from typing import TYPE_CHECKING, Any
 
-from .transforms import decode_image, open_image, source_bytes, to_rgb
+from .decode import decode_image, open_image, source_bytes, to_rgb
 
 if TYPE_CHECKING:
     import numpy as np

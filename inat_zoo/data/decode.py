@@ -1,4 +1,10 @@
-"""The one decode rule of evaluation and inference, and what "cannot be read" means.
+"""Decoding images: the primitives every reader shares, the one rule of evaluation, what "cannot be read" means.
+
+The primitives (:func:`source_bytes`, :func:`open_image`, :func:`to_rgb`, :func:`decode_image`) turn a ``datasets``
+image value into an upright 8-bit RGB image; the training path's fused crop decoder
+(:mod:`inat_zoo.data.crop_decode`), the transforms and the public dataset's rows (:mod:`inat_zoo.data.imagefolder`)
+all start from them, so a file gives the same pixels whichever path reads it. This module imports nothing else of
+the data layer: it sits below the transforms and the crop decoder (no import cycle between them).
 
 Every image that ``inat-zoo evaluate``, training's final test pass, ``predict`` and ``explain`` show a model is
 decoded by :func:`read_rgb`: the whole file at full resolution (no reduced-scale JPEG ``draft``), EXIF orientation
@@ -14,6 +20,7 @@ inside a folder is skipped and named in a warning, as training does with the fil
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,7 +31,94 @@ from ..errors import UsageError
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
-__all__ = ["UnreadableImage", "describe", "image_files_in", "read_image_file", "read_rgb", "unreadable_reason"]
+__all__ = [
+    "UnreadableImage",
+    "decode_image",
+    "describe",
+    "image_files_in",
+    "open_image",
+    "read_image_file",
+    "read_rgb",
+    "source_bytes",
+    "to_rgb",
+    "unreadable_reason",
+]
+
+
+def to_rgb(img: PILImage.Image) -> PILImage.Image:
+    """Any Pillow mode as 8-bit RGB: 16/32-bit greys are scaled (not clipped), transparency goes on white."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return Image.fromarray((arr * (255.0 / peak)).round().clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 1.0 if arr.max() <= 1.0 else 255.0
+        return Image.fromarray((arr * (255.0 / peak)).round().clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def source_bytes(value: Any) -> bytes | None:
+    """The encoded bytes behind a ``datasets`` image value (``{"bytes", "path"}``, a path or bytes), read once;
+    ``None`` for an already decoded PIL image."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return None
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return value["bytes"]
+        if value.get("path") is None:
+            raise ValueError("image value has neither bytes nor path")
+        value = value["path"]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, (str, os.PathLike)):
+        with open(value, "rb") as f:
+            return f.read()
+    raise TypeError(f"cannot decode an image from {type(value).__name__}")
+
+
+def open_image(value: Any) -> PILImage.Image | None:
+    """The not-yet-decoded image behind a ``datasets`` value (see :func:`source_bytes`): Pillow has read the header
+    only, so size and format are known and ``draft`` still applies. ``None`` for a PIL image."""
+    from PIL import Image
+
+    data = source_bytes(value)
+    return None if data is None else Image.open(io.BytesIO(data))
+
+
+def decode_image(value: Any, min_side: int | None = None) -> PILImage.Image:
+    """Open a ``datasets`` image value (``{"bytes", "path"}``, a path, bytes or a PIL image) as an upright RGB image.
+
+    With ``min_side``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose sides both stay
+    >= ``min_side``; the transforms then resize anyway, so the result matches a full decode closely, for less time.
+    """
+    from PIL import ImageOps
+
+    img = open_image(value)
+    if img is None:
+        img = value
+    else:
+        if min_side and img.format == "JPEG":
+            img.draft("RGB", (min_side, min_side))
+        img.load()
+    if img.getexif().get(0x0112, 1) != 1:  # EXIF Orientation
+        if img is not value:  # our own freshly opened image: rotate in place; never mutate the caller's
+            ImageOps.exif_transpose(img, in_place=True)
+        else:
+            img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
 
 
 class UnreadableImage(Exception):
@@ -68,8 +162,6 @@ def unreadable_reason(error: BaseException) -> str:
 def read_rgb(value: Any) -> PILImage.Image:
     """Decode a ``datasets`` image value (``{"bytes", "path"}``, a path, bytes or a PIL image) by the one rule:
     full resolution, EXIF orientation applied, 8-bit RGB. Any failure is :class:`UnreadableImage`."""
-    from .transforms import decode_image, source_bytes
-
     try:
         data = source_bytes(value)
         if data is not None and not data:

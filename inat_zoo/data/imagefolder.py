@@ -32,7 +32,7 @@ class DecodeRGB:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         from PIL import Image
 
-        from .transforms import decode_image
+        from .decode import decode_image
 
         if "image" in batch:
             batch["image"] = [decode_image(v) if isinstance(v, Image.Image) else v for v in batch["image"]]

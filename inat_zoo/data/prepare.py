@@ -15,8 +15,9 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from .decode import decode_image
 from .imagefolder import with_rgb_images
-from .transforms import DEFAULT_CROP_PCT, decode_image, decode_short_side
+from .transforms import DEFAULT_CROP_PCT, decode_short_side
 
 if TYPE_CHECKING:
     import datasets

@@ -8,13 +8,12 @@ a half-scale decode, which Pillow's ``draft`` gives for a fraction of the cost.
 
 from __future__ import annotations
 
-import io
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from .decode import decode_image, open_image, source_bytes, to_rgb  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     import datasets
@@ -161,82 +160,6 @@ def create_image_transform(
     from .timm_compat import repair_posterize
 
     return repair_posterize(transform)  # timm's 0-bit posterize crashes on recent Pillow
-
-
-def to_rgb(img: PILImage.Image) -> PILImage.Image:
-    """Any Pillow mode as 8-bit RGB: 16/32-bit greys are scaled (not clipped), transparency goes on white."""
-    import numpy as np
-    from PIL import Image
-
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        return Image.fromarray((arr * (255.0 / peak)).round().clip(0, 255).astype(np.uint8), "L").convert("RGB")
-    if img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 1.0 if arr.max() <= 1.0 else 255.0
-        return Image.fromarray((arr * (255.0 / peak)).round().clip(0, 255).astype(np.uint8), "L").convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    return img.convert("RGB")
-
-
-def source_bytes(value: Any) -> bytes | None:
-    """The encoded bytes behind a ``datasets`` image value (``{"bytes", "path"}``, a path or bytes), read once;
-    ``None`` for an already decoded PIL image."""
-    from PIL import Image
-
-    if isinstance(value, Image.Image):
-        return None
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return value["bytes"]
-        if value.get("path") is None:
-            raise ValueError("image value has neither bytes nor path")
-        value = value["path"]
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, (str, os.PathLike)):
-        with open(value, "rb") as f:
-            return f.read()
-    raise TypeError(f"cannot decode an image from {type(value).__name__}")
-
-
-def open_image(value: Any) -> PILImage.Image | None:
-    """The not-yet-decoded image behind a ``datasets`` value (see :func:`source_bytes`): Pillow has read the header
-    only, so size and format are known and ``draft`` still applies. ``None`` for a PIL image."""
-    from PIL import Image
-
-    data = source_bytes(value)
-    return None if data is None else Image.open(io.BytesIO(data))
-
-
-def decode_image(value: Any, min_side: int | None = None) -> PILImage.Image:
-    """Open a ``datasets`` image value (``{"bytes", "path"}``, a path, bytes or a PIL image) as an upright RGB image.
-
-    With ``min_side``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose sides both stay
-    >= ``min_side``; the transforms then resize anyway, so the result matches a full decode closely, for less time.
-    """
-    from PIL import ImageOps
-
-    img = open_image(value)
-    if img is None:
-        img = value
-    else:
-        if min_side and img.format == "JPEG":
-            img.draft("RGB", (min_side, min_side))
-        img.load()
-    if img.getexif().get(0x0112, 1) != 1:  # EXIF Orientation
-        if img is not value:  # our own freshly opened image: rotate in place; never mutate the caller's
-            ImageOps.exif_transpose(img, in_place=True)
-        else:
-            img = ImageOps.exif_transpose(img)
-    return to_rgb(img)
 
 
 class ImageBatchTransform:
