@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("inat_zoo.explain", "first-layer filters, guided backprop and Grad-CAM pictures"),
     "predict": ("inat_zoo.predict", "top-k labels for images"),
     "push": ("inat_zoo.hub", "build the Hub folder of a run (model card included) and upload it"),
-    "sweep": ("inat_zoo.sweep", "hyperparameter sweep with W&B or offline with Optuna"),
+    "sweep": ("inat_zoo.sweep.cli", "hyperparameter sweep with W&B or offline with Optuna"),
     "report": ("inat_zoo.report", "compare runs and sweeps in a table with plots"),
     "demo": ("inat_zoo.demo", "the whole pipeline on the embedded synthetic sample"),
 }
