@@ -31,11 +31,11 @@ from .rundir import (
     MODEL_DIR,
     PUBLISHED_EVAL_METRICS_FILE,
     RECIPE_FILE,
+    published_test_accuracy,
     read_history,
     read_json,
     read_metrics,
     read_recipe,
-    test_accuracy,
 )
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
     recipe = read_recipe(run_dir)
     metrics = read_metrics(run_dir)
     eval_metrics = read_metrics(run_dir, EVAL_FOLDER)
-    if test_accuracy(metrics, eval_metrics) is None:
+    if published_test_accuracy(metrics, eval_metrics) is None:
         raise UsageError(f"{run_dir / METRICS_FILE} has no test accuracy — run `inat-zoo evaluate {run_dir}` first")
     if not (run_dir / HISTORY_FILE).is_file():
         logger.warning("%s is missing: the card will have no training curves", run_dir / HISTORY_FILE)

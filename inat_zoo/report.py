@@ -23,7 +23,15 @@ from typing import Any
 from .atomic import atomic_directory
 from .config import read_yaml_mapping
 from .errors import UsageError
-from .rundir import METRICS_FILE, RECIPE_FILE, is_run_dir, read_history, read_metrics, read_recipe, test_accuracy
+from .rundir import (
+    METRICS_FILE,
+    RECIPE_FILE,
+    is_run_dir,
+    published_test_accuracy,
+    read_history,
+    read_metrics,
+    read_recipe,
+)
 
 # Recipe keys that never change a result, or have their own column.
 IGNORED_KEYS = (
@@ -148,7 +156,7 @@ def collect(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[str], 
             "params": (metrics or {}).get("params"),
             "trainable_params": (metrics or {}).get("trainable_params"),
             "best_val_acc": metrics["validation"]["accuracy"] if metrics else (max(val_accs) if val_accs else None),
-            "test_acc": test_accuracy(metrics),
+            "test_acc": published_test_accuracy(metrics),
             "epochs": metrics["epochs"] if metrics else len(history),
             "best_epoch": (metrics or {}).get("best_epoch"),
             "train_time_s": metrics["train_time_s"] if metrics else sum(r.get("epoch_time_s", 0.0) for r in history),

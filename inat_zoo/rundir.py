@@ -167,7 +167,9 @@ def evaluate_test_metrics(eval_metrics: dict[str, Any] | None) -> dict[str, Any]
     return ev if ev and ev.get("split", "test") == "test" and ev.get("accuracy") is not None else None
 
 
-def test_accuracy(metrics: dict[str, Any] | None, eval_metrics: dict[str, Any] | None = None) -> float | None:
+def published_test_accuracy(
+    metrics: dict[str, Any] | None, eval_metrics: dict[str, Any] | None = None
+) -> float | None:
     """The published test accuracy (0..1): the trainer's (metrics.json ``test``), else that of ``inat-zoo evaluate``
     on the test split; None when neither has one."""
     test = trainer_test_metrics(metrics)
