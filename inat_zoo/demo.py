@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .resources import bundled_path
+from .rundir import CHECKPOINTS, HISTORY_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE
 
 DEFAULT_RECIPE = bundled_path("recipes/demo.yaml")
 
@@ -26,7 +27,7 @@ def check_hub_folder_loads(hub_dir: Path, run_dir: Path) -> float:
     import timm
     import torch
 
-    reference = timm.create_model(f"local-dir:{run_dir / 'model'}", pretrained=True).eval()
+    reference = timm.create_model(f"local-dir:{run_dir / MODEL_DIR}", pretrained=True).eval()
     loaded = timm.create_model(f"local-dir:{hub_dir}", pretrained=True).eval()
     size = timm.data.resolve_model_data_config(loaded)["input_size"]
     x = torch.randn(4, *size, generator=torch.Generator().manual_seed(0))
@@ -81,8 +82,9 @@ def run_demo(out: Path, recipe: Path = DEFAULT_RECIPE, overrides: list[str] | No
         f"test accuracy        {metrics['test']['accuracy']:.1%} on {metrics['test']['num_samples']} images"
         f" (chance: {1 / len(eval_metrics['class_names']):.0%})"
     )
-    print(f"run directory        {run_dir}  (recipe.yaml, metrics.json, history.jsonl, model/, checkpoints/)")
-    print(f"evaluation           {run_dir / 'eval'}")
+    layout = f"{RECIPE_FILE}, {METRICS_FILE}, {HISTORY_FILE}, {MODEL_DIR}/, {CHECKPOINTS}/"
+    print(f"run directory        {run_dir}  ({layout})")
+    print(f"evaluation           {eval_metrics['out_dir']}")
     print(f"explanations         {', '.join(str(p) for p in pictures.values())}")
     print(f"Hub folder           {hub_dir}  (loads back with timm: max logit diff {max_diff:.1e})")
     print(f"took                 {summary['minutes']:.1f} min")

@@ -42,17 +42,16 @@ import numpy as np
 import torch
 from timm.models import safe_model_name
 
-from .atomic import atomic_directory, atomic_write_json, atomic_write_text
+from .atomic import atomic_directory, atomic_write_text
 from .data.decode import UnreadableImage, describe, format_skipped, read_rgb
 from .errors import UsageError
-from .loading import RECIPE_FILE, LoadedModel, load_model, read_run_recipe
+from .loading import LoadedModel, load_model, read_run_recipe
 from .plots import RIGHT, WRONG, denormalize, new_figure, save_figure, show_image, suptitle
+from .rundir import EVAL_FILES, RECIPE_FILE, eval_folder, write_metrics
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("test", "validation", "train")
-EVAL_FOLDER = "eval"
-EVAL_FILES = ("metrics.json", "confusion_matrix.png", "predictions_grid.png", "per_class.csv")
 GRID_PER_CLASS = 3
 EVAL_BATCH_SIZE = 64  # the batch size of the one evaluation (training's final test pass uses it too)
 MAX_TOP_K = 5
@@ -489,8 +488,8 @@ def evaluate(
     """
     loaded = model_ref if isinstance(model_ref, LoadedModel) else load_model(model_ref, device or default_device())
     data = load_eval_data(loaded, data_root, split)
-    folder = EVAL_FOLDER if split == "test" else f"{EVAL_FOLDER}_{split}"  # keep <run>/eval for the test results
-    out = Path(out_dir) if out_dir is not None else default_out_dir(loaded, folder)
+    # keep <run>/eval for the test results
+    out = Path(out_dir) if out_dir is not None else default_out_dir(loaded, eval_folder(split))
     check_out_dir(out, EVAL_FILES)
 
     result = evaluate_split(loaded, data, batch_size=batch_size, num_workers=num_workers, progress=progress)
@@ -510,10 +509,12 @@ def evaluate(
     )
     title = f"{split}: accuracy {metrics['accuracy']:.1%} on {metrics['num_samples']} images"
     with atomic_directory(out, overwrite=True) as tmp:
-        atomic_write_json(tmp / "metrics.json", metrics)
-        atomic_write_text(tmp / "per_class.csv", _per_class_csv(metrics["per_class"]))
-        save_figure(confusion_matrix_figure(metrics["confusion_matrix"], data.class_names, title), tmp / EVAL_FILES[1])
-        save_figure(grid, tmp / "predictions_grid.png")
+        _metrics_file, confusion_file, grid_file, per_class_file = EVAL_FILES
+        write_metrics(tmp, metrics)
+        atomic_write_text(tmp / per_class_file, _per_class_csv(metrics["per_class"]))
+        confusion = confusion_matrix_figure(metrics["confusion_matrix"], data.class_names, title)
+        save_figure(confusion, tmp / confusion_file)
+        save_figure(grid, tmp / grid_file)
 
     recipe = read_run_recipe(loaded.run_dir)
     track = recipe.get("track") or {}
@@ -573,7 +574,7 @@ def _log_to_wandb(
                         y_true=labels.tolist(), preds=preds.tolist(), class_names=metrics["class_names"]
                     ),
                     f"{split}/per_class": table,
-                    f"{split}/predictions_grid": wb.Image(str(out / "predictions_grid.png")),
+                    f"{split}/predictions_grid": wb.Image(str(out / EVAL_FILES[2])),
                 }
             )
             run.summary.update({f"{split}/{k}": metrics[k] for k in keys})

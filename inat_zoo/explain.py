@@ -32,14 +32,10 @@ from .errors import UsageError
 from .evaluate import EvalImages, check_out_dir, default_device, default_out_dir, load_eval_data, model_logits
 from .loading import LoadedModel, load_model
 from .plots import RIGHT, WRONG, denormalize, minmax, new_figure, new_grid, save_figure, show_image, suptitle, tile
+from .rundir import EXPLAIN_FILES, EXPLAIN_FOLDER, EXPLAIN_IMAGES_FOLDER
 
 logger = logging.getLogger(__name__)
 
-EXPLAIN_FOLDER = "explain"
-# pictures of the user's own --image files: beside the run's explain/ pictures, never instead of them, and not
-# published by `push` (which shows explain/, made from test images)
-EXPLAIN_IMAGES_FOLDER = "explain_images"
-EXPLAIN_FILES = ("filters.png", "guided_backprop.png", "gradcam.png", "integrated_gradients.png")
 NUM_NEURONS = 10
 MAX_FILTERS = 64
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import shutil
 import tempfile
@@ -22,9 +21,22 @@ import yaml
 from huggingface_hub import HfApi, get_token
 
 from .atomic import atomic_directory, atomic_write_text
-from .config import read_yaml_mapping
 from .errors import UsageError
 from .hub_ids import hub_dataset_id, parse_hub_id
+from .rundir import (
+    EVAL_FOLDER,
+    EXPLAIN_FOLDER,
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    PUBLISHED_EVAL_METRICS_FILE,
+    RECIPE_FILE,
+    published_test_accuracy,
+    read_history,
+    read_json,
+    read_metrics,
+    read_recipe,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,27 +66,6 @@ class RunFiles:
         return list(self.config["label_names"])
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from e
-
-
-def _read_history(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        logger.warning("%s is missing: the card will have no training curves", path)
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{number}: not a JSON line ({e.msg})") from e
-    return records
-
-
 def check_model_dir(model_dir: Path) -> dict[str, Any]:
     """Check that ``model_dir`` is a complete timm ``save_for_hf`` folder and that timm can rebuild it.
 
@@ -90,7 +81,7 @@ def check_model_dir(model_dir: Path) -> dict[str, Any]:
         raise UsageError(f"{model_dir} has no config.json — not a timm save_for_hf folder")
     if not (model_dir / WEIGHTS_NAME).is_file():
         raise UsageError(f"{model_dir} has no {WEIGHTS_NAME} (only safetensors weights are published)")
-    config = _read_json(config_path)
+    config = read_json(config_path)
     missing = [key for key in _REQUIRED_CONFIG_KEYS if key not in config]
     missing += [f"pretrained_cfg.{k}" for k in _REQUIRED_DATA_KEYS if k not in config.get("pretrained_cfg", {})]
     if missing:
@@ -117,40 +108,31 @@ def read_run(run_dir: str | Path) -> RunFiles:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} does not exist")
-    model_dir = run_dir / "model"
+    model_dir = run_dir / MODEL_DIR
     if not model_dir.is_dir():
-        raise UsageError(f"run {run_dir} has no model/ — train it first")
-    for name in ("recipe.yaml", "metrics.json"):
+        raise UsageError(f"run {run_dir} has no {MODEL_DIR}/ — train it first")
+    for name in (RECIPE_FILE, METRICS_FILE):
         if not (run_dir / name).is_file():
             raise UsageError(f"run {run_dir} has no {name} — is it a complete inat_zoo run directory?")
     config = check_model_dir(model_dir)
-    recipe = read_yaml_mapping(run_dir / "recipe.yaml", "run recipe", "a recipe mapping")
-    metrics = _read_json(run_dir / "metrics.json")
-    eval_path = run_dir / "eval" / "metrics.json"
-    eval_metrics = _read_json(eval_path) if eval_path.is_file() else None
-    if _test_accuracy(metrics, eval_metrics) is None:
-        raise UsageError(f"{run_dir / 'metrics.json'} has no test accuracy — run `inat-zoo evaluate {run_dir}` first")
+    recipe = read_recipe(run_dir)
+    metrics = read_metrics(run_dir)
+    eval_metrics = read_metrics(run_dir, EVAL_FOLDER)
+    if published_test_accuracy(metrics, eval_metrics) is None:
+        raise UsageError(f"{run_dir / METRICS_FILE} has no test accuracy — run `inat-zoo evaluate {run_dir}` first")
+    if not (run_dir / HISTORY_FILE).is_file():
+        logger.warning("%s is missing: the card will have no training curves", run_dir / HISTORY_FILE)
     return RunFiles(
         run_dir=run_dir,
         model_dir=model_dir,
         config=config,
         recipe=recipe,
         metrics=metrics,
-        history=_read_history(run_dir / "history.jsonl"),
+        history=read_history(run_dir),
         eval_metrics=eval_metrics,
-        eval_images=sorted((run_dir / "eval").glob("*.png")),
-        explain_images=sorted((run_dir / "explain").glob("*.png")),
+        eval_images=sorted((run_dir / EVAL_FOLDER).glob("*.png")),
+        explain_images=sorted((run_dir / EXPLAIN_FOLDER).glob("*.png")),
     )
-
-
-def _test_accuracy(metrics: dict[str, Any], eval_metrics: dict[str, Any] | None) -> float | None:
-    """The published test accuracy: the trainer's, else that of `inat-zoo evaluate` on the test split."""
-    test = metrics.get("test") or {}
-    if test.get("accuracy") is not None:
-        return test["accuracy"]
-    if eval_metrics and eval_metrics.get("split", "test") == "test":
-        return eval_metrics.get("accuracy")
-    return None
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -197,14 +179,15 @@ def build_hub_folder(
     with atomic_directory(out_dir, overwrite=replace) as tmp:
         shutil.copy2(run.model_dir / "config.json", tmp / "config.json")
         shutil.copy2(run.model_dir / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
-        atomic_write_text(tmp / "recipe.yaml", yaml.safe_dump(shareable_recipe(run.recipe), sort_keys=False))
-        shutil.copy2(run.run_dir / "metrics.json", tmp / "metrics.json")
-        if (run.run_dir / "history.jsonl").is_file():
-            shutil.copy2(run.run_dir / "history.jsonl", tmp / "history.jsonl")
+        # the Hub folder keeps the run's file names; eval/metrics.json becomes eval_metrics.json beside them
+        atomic_write_text(tmp / RECIPE_FILE, yaml.safe_dump(shareable_recipe(run.recipe), sort_keys=False))
+        shutil.copy2(run.run_dir / METRICS_FILE, tmp / METRICS_FILE)
+        if (run.run_dir / HISTORY_FILE).is_file():
+            shutil.copy2(run.run_dir / HISTORY_FILE, tmp / HISTORY_FILE)
         if run.eval_metrics is not None:
-            shutil.copy2(run.run_dir / "eval" / "metrics.json", tmp / "eval_metrics.json")
-        images: dict[str, list[str]] = {"eval": [], "explain": []}
-        for kind, paths in (("eval", run.eval_images), ("explain", run.explain_images)):
+            shutil.copy2(run.run_dir / EVAL_FOLDER / METRICS_FILE, tmp / PUBLISHED_EVAL_METRICS_FILE)
+        images: dict[str, list[str]] = {EVAL_FOLDER: [], EXPLAIN_FOLDER: []}
+        for kind, paths in ((EVAL_FOLDER, run.eval_images), (EXPLAIN_FOLDER, run.explain_images)):
             for src in paths:
                 rel = f"{IMAGES_DIR}/{kind}/{src.name}"
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +200,12 @@ def build_hub_folder(
             best = run.metrics.get("best_epoch")
             plot_training_curves(run.history, tmp / curves, best_epoch=best if isinstance(best, int) else None)
         card = build_model_card(
-            run, repo_id, license=license, eval_images=images["eval"], explain_images=images["explain"], curves=curves
+            run,
+            repo_id,
+            license=license,
+            eval_images=images[EVAL_FOLDER],
+            explain_images=images[EXPLAIN_FOLDER],
+            curves=curves,
         )
         atomic_write_text(tmp / CARD_NAME, str(card))
     return out_dir
@@ -279,7 +267,7 @@ def push(
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN", help="run directory (with model/, recipe.yaml, metrics.json)")
+    parser.add_argument("run", metavar="RUN", help=f"run directory (with {MODEL_DIR}/, {RECIPE_FILE}, {METRICS_FILE})")
     parser.add_argument("--repo-id", required=True, help="Hub repository, USER/NAME")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--revision", help="branch to commit to (created if missing; default: main)")

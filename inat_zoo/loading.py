@@ -16,15 +16,12 @@ from typing import Any
 
 import timm
 import torch
-import yaml
 from timm.models import parse_model_name, split_model_name_tag
 
 from . import models  # noqa: F401  (registers the inat_* architectures before any create_model)
 from .errors import UsageError
 from .hub_ids import hub_id_problem, parse_hub_id
-
-MODEL_FOLDER = "model"
-RECIPE_FILE = "recipe.yaml"
+from .rundir import MODEL_DIR, RECIPE_FILE, read_recipe
 
 
 @dataclass
@@ -75,16 +72,16 @@ def resolve_model_ref(ref: str) -> tuple[str, Path | None]:
 
 
 def _resolve_folder(path: Path) -> tuple[str, Path | None]:
-    if (path / MODEL_FOLDER / "config.json").is_file():
-        return f"local-dir:{(path / MODEL_FOLDER).resolve()}", path
+    if (path / MODEL_DIR / "config.json").is_file():
+        return f"local-dir:{(path / MODEL_DIR).resolve()}", path
     if (path / "config.json").is_file():  # a Hub folder (push --dry-run) or a bare model folder
         return f"local-dir:{path.resolve()}", _run_dir_of_model_folder(path)
-    raise UsageError(f"{path} is not a run directory: {path / MODEL_FOLDER / 'config.json'} is missing")
+    raise UsageError(f"{path} is not a run directory: {path / MODEL_DIR / 'config.json'} is missing")
 
 
 def _run_dir_of_model_folder(folder: Path) -> Path | None:
     """``<run>/model`` belongs to a run: evaluate/explain then read its recipe and write next to it."""
-    return folder.parent if folder.name == MODEL_FOLDER and (folder.parent / RECIPE_FILE).is_file() else None
+    return folder.parent if folder.name == MODEL_DIR and (folder.parent / RECIPE_FILE).is_file() else None
 
 
 def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
@@ -138,16 +135,13 @@ def _imagenet_label_names(model: torch.nn.Module) -> list[str] | None:
 
 
 def read_run_recipe(run_dir: Path | None) -> dict[str, Any]:
-    """The resolved recipe of a run (``recipe.yaml``), or ``{}`` when the model is not a run directory."""
+    """The resolved recipe of a run (``recipe.yaml``), or ``{}`` when the model is not a run directory.
+
+    Raises UsageError when the run's recipe.yaml is not YAML or not a mapping (:func:`inat_zoo.rundir.read_recipe`).
+    """
     if run_dir is None or not (run_dir / RECIPE_FILE).is_file():
         return {}
-    try:
-        recipe = yaml.safe_load((run_dir / RECIPE_FILE).read_text())
-    except yaml.YAMLError as e:
-        raise UsageError(f"cannot read {run_dir / RECIPE_FILE}: {_one_line(e)}") from e
-    if not isinstance(recipe, dict):
-        raise UsageError(f"{run_dir / RECIPE_FILE} is not a mapping")
-    return recipe
+    return read_recipe(run_dir)
 
 
 def _one_line(e: BaseException) -> str:

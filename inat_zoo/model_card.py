@@ -25,6 +25,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .errors import UsageError
 from .hub_ids import hub_dataset_id
 from .resources import bundled_path
+from .rundir import EVAL_FOLDER, METRICS_FILE, PUBLISHED_EVAL_METRICS_FILE, evaluate_test_metrics, trainer_test_metrics
 
 if TYPE_CHECKING:
     from .hub import RunFiles
@@ -158,17 +159,8 @@ def _duration(seconds: Any) -> str | None:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-TRAINER_TEST = "training's final test pass (`metrics.json`)"
-EVALUATE_TEST = "`inat-zoo evaluate` (`eval_metrics.json`)"
-
-
-def _test_block(run: RunFiles) -> dict[str, Any]:
-    return run.metrics.get("test") or {}
-
-
-def _eval_block(run: RunFiles) -> dict[str, Any] | None:
-    ev = run.eval_metrics
-    return ev if ev and ev.get("split", "test") == "test" and ev.get("accuracy") is not None else None
+TRAINER_TEST = f"training's final test pass (`{METRICS_FILE}`)"
+EVALUATE_TEST = f"`inat-zoo evaluate` (`{PUBLISHED_EVAL_METRICS_FILE}`)"
 
 
 def test_evaluation(run: RunFiles) -> tuple[dict[str, Any], str] | None:
@@ -177,16 +169,20 @@ def test_evaluation(run: RunFiles) -> tuple[dict[str, Any], str] | None:
     Training's final test pass when it is a full evaluation (it has macro F1: every run of this version), else
     ``inat-zoo evaluate``'s test result, else the trainer's accuracy alone (a run from before the one evaluation).
     """
-    test, ev = _test_block(run), _eval_block(run)
+    test, ev = trainer_test_metrics(run.metrics), evaluate_test_metrics(run.eval_metrics)
     if test.get("accuracy") is not None and test.get("macro_f1") is not None:
         if ev is not None and any(ev.get(k) != test.get(k) for k in ("accuracy", "num_samples", "macro_f1")):
             logger.warning(
-                "eval/metrics.json (accuracy %s on %s images) is not the run's test result (accuracy %s on %s "
-                "images): the card reports metrics.json's; the evaluation pictures come from eval/",
+                "%s/%s (accuracy %s on %s images) is not the run's test result (accuracy %s on %s "
+                "images): the card reports %s's; the evaluation pictures come from %s/",
+                EVAL_FOLDER,
+                METRICS_FILE,
                 ev.get("accuracy"),
                 ev.get("num_samples"),
                 test["accuracy"],
                 test.get("num_samples"),
+                METRICS_FILE,
+                EVAL_FOLDER,
             )
         return test, TRAINER_TEST
     if ev is not None:

@@ -23,6 +23,15 @@ from typing import Any
 from .atomic import atomic_directory
 from .config import read_yaml_mapping
 from .errors import UsageError
+from .rundir import (
+    METRICS_FILE,
+    RECIPE_FILE,
+    is_run_dir,
+    published_test_accuracy,
+    read_history,
+    read_metrics,
+    read_recipe,
+)
 
 # Recipe keys that never change a result, or have their own column.
 IGNORED_KEYS = (
@@ -51,12 +60,6 @@ HEADERS = {
 
 
 # ------------------------------------------------------------------------------------------------- discovery
-def is_run_dir(path: Path) -> bool:
-    return (path / "recipe.yaml").is_file() and (
-        (path / "metrics.json").is_file() or (path / "history.jsonl").is_file()
-    )
-
-
 def find_runs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
     """(display name, run directory) for every run under ``paths``, in natural order (trial_2 before trial_10)."""
     if not paths:
@@ -69,30 +72,19 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
         if is_run_dir(given):
             found.setdefault(given.resolve(), given.resolve().name)
             continue
-        for recipe in given.rglob("recipe.yaml"):
+        for recipe in given.rglob(RECIPE_FILE):
             run = recipe.parent
             rel = run.relative_to(given)
             if any(part.startswith(".") for part in rel.parts) or not is_run_dir(run):
                 continue
             found.setdefault(run.resolve(), prefix + rel.as_posix())
         if not any(p == given.resolve() or given.resolve() in p.parents for p in found):
-            raise UsageError(f"no run directories (recipe.yaml + metrics.json) under {str(given)!r}")
+            raise UsageError(f"no run directories ({RECIPE_FILE} + {METRICS_FILE}) under {str(given)!r}")
     return sorted(((name, path) for path, name in found.items()), key=lambda item: natural_key(item[0]))
 
 
 def natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def _history(run: Path) -> list[dict]:
-    path = run / "history.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _sweep_records(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, dict]]:
@@ -147,9 +139,9 @@ def collect(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[str], 
         study = None  # importance is per study; several sweeps are compared by correlation
     rows = []
     for name, run in runs:
-        recipe = read_yaml_mapping(run / "recipe.yaml", "run recipe", "a recipe mapping")
-        metrics = _read_json(run / "metrics.json")
-        history = _history(run)
+        recipe = read_recipe(run)
+        metrics = read_metrics(run)
+        history = read_history(run)
         val_accs = [r["val_accuracy"] for r in history if r.get("val_accuracy") is not None]
         trial = states.get(run)
         if trial is not None:
@@ -164,7 +156,7 @@ def collect(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[str], 
             "params": (metrics or {}).get("params"),
             "trainable_params": (metrics or {}).get("trainable_params"),
             "best_val_acc": metrics["validation"]["accuracy"] if metrics else (max(val_accs) if val_accs else None),
-            "test_acc": metrics["test"]["accuracy"] if metrics else None,
+            "test_acc": published_test_accuracy(metrics),
             "epochs": metrics["epochs"] if metrics else len(history),
             "best_epoch": (metrics or {}).get("best_epoch"),
             "train_time_s": metrics["train_time_s"] if metrics else sum(r.get("epoch_time_s", 0.0) for r in history),

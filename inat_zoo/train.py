@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -24,17 +22,25 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_write_json, atomic_write_text
 from .config import dump_recipe, load_recipe, validate_recipe
 from .errors import UsageError
-
-CHECKPOINTS = "checkpoints"
-MODEL_DIR = "model"
-LOCK_FILE = ".train.lock"  # held (flock) by the training writing into the run directory
-STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks the checkpoint complete
-_CKPT_RE = re.compile(r"^checkpoint_(\d+)$")
-# recipe keys that may change between a run and its resumption (they do not change what is computed)
-_RESUMABLE_CHANGES = ("resume", "data.num_workers", "track.", "train.eval_batch_size", "train.keep_checkpoints")
+from .rundir import (  # noqa: F401  (STATE_FILE, complete_checkpoints, check_run_directory: re-exported for tests)
+    MODEL_DIR,
+    STATE_FILE,
+    check_run_directory,
+    checkpoint_path,
+    complete_checkpoints,
+    exported_epoch,
+    forget_history,
+    lock_run_directory,
+    partial_checkpoints,
+    read_checkpoint_state,
+    stopped_before_first_checkpoint,
+    write_checkpoint_state,
+    write_history,
+    write_metrics,
+    write_recipe,
+)
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -57,112 +63,6 @@ class TrainerState:
     images_seen: int = 0
     unfrozen: list[str] = field(default_factory=list)
     val_num_samples: int = 0
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Committed checkpoints (renamed into place, state file present), oldest first."""
-    folder = Path(run_dir) / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    found = []
-    for child in folder.iterdir():
-        m = _CKPT_RE.match(child.name)
-        if m and child.is_dir() and (child / STATE_FILE).is_file():
-            found.append((int(m.group(1)), child))
-    return [p for _, p in sorted(found)]
-
-
-def _recipe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        full = f"{prefix}{key}"
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict) and full not in ("model.args", "data.augment"):
-            keys += _recipe_differences(a, b, f"{full}.")
-        elif a != b and not any(full == k or (k.endswith(".") and full.startswith(k)) for k in _RESUMABLE_CHANGES):
-            keys.append(full)
-    return keys
-
-
-def _run_files(out: Path) -> list[Path]:
-    """What a run directory holds, the lock file aside (it outlives the process that took it)."""
-    return [p for p in out.iterdir() if p.name != LOCK_FILE]
-
-
-def _stopped_before_first_checkpoint(out: Path) -> bool:
-    """A start that died before its first checkpoint (a crash, Ctrl-C, SIGKILL in epoch 1) leaves recipe.yaml and
-    perhaps history.jsonl, but nothing a finished epoch writes (a checkpoint, model/, metrics.json)."""
-    return (
-        (out / "recipe.yaml").is_file()
-        and not complete_checkpoints(out)
-        and not (out / MODEL_DIR).exists()
-        and not (out / "metrics.json").exists()
-    )
-
-
-def _in_use(out: Path) -> bool:
-    """Whether a running training holds the run directory's lock (the kernel drops it when that process dies)."""
-    try:
-        with open(out / LOCK_FILE, "rb") as f:
-            try:
-                fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:  # EACCES or EAGAIN: another process holds it
-                return True
-    except FileNotFoundError:
-        return False
-    return False
-
-
-def _lock_run_directory(out: Path):
-    """Take the run directory's lock for this process (main process only); the open file holds it until closed.
-
-    A POSIX record lock (``lockf``), not ``flock``: DataLoader workers fork from this process, and a ``flock`` lock
-    belongs to the open file they inherit, so it would outlive a SIGKILLed trainer until its workers notice and exit,
-    blocking the ``resume=true`` that follows. A record lock belongs to this process alone and dies with it.
-    """
-    f = open(out / LOCK_FILE, "a+b")  # noqa: SIM115  (held for the whole run, closed in train())
-    try:
-        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise UsageError(f"output_dir {str(out)!r} is in use by another running training") from None
-    return f
-
-
-def check_run_directory(recipe: dict) -> Path | None:
-    """Refuse to overwrite a run; with ``resume`` return the checkpoint to continue from (None: start afresh).
-
-    A folder where an earlier start stopped before its first checkpoint holds nothing to resume or to protect: the
-    next start, with or without ``resume``, begins afresh there (so a crash in epoch 1 never blocks the rerun). A
-    folder a running training holds is refused. Only reads: every process of a launch calls it.
-    """
-    out = Path(recipe["output_dir"])
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output_dir {str(out)!r} exists and is not a directory")
-    if not out.exists() or not _run_files(out):
-        return None
-    if _in_use(out):
-        raise UsageError(f"output_dir {str(out)!r} is in use by another running training")
-    if _stopped_before_first_checkpoint(out):
-        return None
-    if not recipe["resume"]:
-        raise UsageError(
-            f"output_dir {str(out)!r} already holds a run; "
-            "pass resume=true to continue it or choose another output_dir"
-        )
-    saved = out / "recipe.yaml"
-    if not saved.is_file():  # the trainer writes recipe.yaml first: without it this folder is not a run
-        raise UsageError(f"cannot resume {str(out)!r}: it holds no recipe.yaml, so it is not a run directory")
-    import yaml
-
-    old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-    changed = _recipe_differences(old, recipe)
-    if changed:
-        raise UsageError(
-            f"cannot resume {str(out)!r}: the recipe differs from its recipe.yaml in {', '.join(changed)}"
-        )
-    checkpoints = complete_checkpoints(out)
-    return checkpoints[-1] if checkpoints else None
 
 
 def check_data_root(recipe: dict) -> None:
@@ -567,15 +467,13 @@ class _Trainer:
 
     def _write_history(self) -> None:
         if self.is_main:
-            lines = "".join(json.dumps(r) + "\n" for r in self.state.history)
-            atomic_write_text(self.out / "history.jsonl", lines)
+            write_history(self.out, self.state.history)
 
     def _save_checkpoint(self) -> None:
         """accelerate ``save_state`` into a hidden folder, our state file last, then one atomic rename."""
         acc = self.accelerator
-        folder = self.out / CHECKPOINTS
-        final = folder / f"checkpoint_{self.state.global_update}"
-        partial = folder / f".checkpoint_{self.state.global_update}.partial"
+        final = checkpoint_path(self.out, self.state.global_update)
+        partial = checkpoint_path(self.out, self.state.global_update, partial=True)
         if self.is_main:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
@@ -586,7 +484,7 @@ class _Trainer:
             from .atomic import apply_default_modes
 
             apply_default_modes(partial)  # save_state writes the weights 0600 (safetensors): make them umask's
-            atomic_write_json(partial / STATE_FILE, asdict(self.state))
+            write_checkpoint_state(partial, asdict(self.state))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(partial, final)
@@ -610,10 +508,7 @@ class _Trainer:
         self.accelerator.wait_for_everyone()
 
     def _exported_epoch(self) -> int | None:
-        path = self.out / MODEL_DIR / "config.json"
-        if not path.is_file():
-            return None
-        return json.loads(path.read_text()).get("inat_zoo", {}).get("epoch")
+        return exported_epoch(self.out)
 
     def _eval_module(self, unwrap: bool = False):
         if self.ema is not None:
@@ -623,7 +518,7 @@ class _Trainer:
     # ------------------------------------------------------------------------------------------------ resume
     def _resume(self) -> None:
         ckpt = self.resume_from
-        saved = json.loads((ckpt / STATE_FILE).read_text())
+        saved = read_checkpoint_state(ckpt)
         for stage in saved.get("unfrozen", []):
             self._unfreeze(stage)
         self.accelerator.load_state(str(ckpt))
@@ -870,7 +765,7 @@ class _Trainer:
             "images_per_s": st.images_seen / st.loop_time_s if st.loop_time_s else None,
         }
         if self.is_main:
-            atomic_write_json(self.out / "metrics.json", metrics)
+            write_metrics(self.out, metrics)
         acc.log({f"test/{k}": v for k, v in scalar_metrics(test).items()}, step=st.global_update)
         acc.print(
             f"best epoch {st.best_epoch}: validation acc {val['accuracy']:.4f}, "
@@ -903,13 +798,13 @@ def train(recipe: dict, *, epoch_callback: EpochCallback | None = None) -> dict:
         if acc.is_main_process:
             out = trainer.out
             out.mkdir(parents=True, exist_ok=True)
-            lock = _lock_run_directory(out)
-            for leftover in (out / CHECKPOINTS).glob(".checkpoint_*.partial"):
+            lock = lock_run_directory(out)
+            for leftover in partial_checkpoints(out):
                 shutil.rmtree(leftover, ignore_errors=True)
-            if resume_from is None and _stopped_before_first_checkpoint(out):
+            if resume_from is None and stopped_before_first_checkpoint(out):
                 acc.print(f"{out} holds a start that stopped before its first checkpoint: starting afresh")
-                (out / "history.jsonl").unlink(missing_ok=True)
-            atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
+                forget_history(out)
+            write_recipe(out, dump_recipe(recipe))
         acc.wait_for_everyone()
         return trainer.fit()
     finally:
