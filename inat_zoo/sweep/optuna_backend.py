@@ -24,6 +24,7 @@ import yaml
 from ..atomic import atomic_write_text
 from ..config import load_recipe
 from ..errors import UsageError
+from ..rundir import read_history
 from .spec import (
     METRICS,
     OPTUNA_DISTRIBUTIONS,
@@ -214,14 +215,6 @@ def _finished(study) -> int:
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return len(study.get_trials(deepcopy=False, states=states))
-
-
-def read_history(run_dir: str | os.PathLike) -> list[dict]:
-    """history.jsonl of a run directory, one record per epoch (empty when the run has none yet)."""
-    path = Path(run_dir) / "history.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _best_value(values: Sequence[float], goal: str) -> float:
