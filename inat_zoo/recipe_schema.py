@@ -1,10 +1,12 @@
-"""The recipe schema: one pydantic model per section, and pydantic's errors read as our one-line messages.
+"""The recipe schema: one pydantic v2 model per section (model, data and its augment, train, track) and the whole.
 
 Every key, its type, its default, its range and its choices are declared here and nowhere else; ``inat_zoo.config``
 reads YAML files and overrides and hands the mapping to :func:`resolve_recipe`, and the data layer's
 ``validate_augment`` is :func:`augment_options`. Values are checked strictly (``true`` is not the integer 1, ``"3"``
 is not a number) except where YAML 1.1 forces leniency: ``1e-3`` without a dot reads as a string and a bare ``no``
-reads as false.
+reads as false. A failure is one :class:`UsageError` worded by ``inat_zoo.recipe_errors``; ``model.freeze`` and
+``model.unfreeze`` are parsed into :class:`FreezeStrategy` and :class:`UnfreezeStep` and dumped back as text and
+``{epoch, stage}`` mappings.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -32,17 +34,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .errors import UsageError
-
-# A custom error whose context holds the words that follow the key name ("recipe key 'x' <after_key>").
-_AFTER_KEY = "recipe_value"
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _after_key(text: str) -> PydanticCustomError:
-    return PydanticCustomError(_AFTER_KEY, "{after_key}", {"after_key": text})
+from .recipe_errors import recipe_value_error, translate, type_name, unknown_key
 
 
 # ------------------------------------------------------------------------------------------ reusable value types
@@ -54,7 +46,7 @@ def _yaml_number(value: Any) -> Any:
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _after_key(f" must be a number, got {value!r} ({_type_name(value)})")
+        raise recipe_value_error(f" must be a number, got {value!r} ({type_name(value)})")
     return float(value)
 
 
@@ -62,7 +54,7 @@ def _path(value: Any) -> Any:
     if value is None:
         return None
     if not isinstance(value, (str, os.PathLike)):
-        raise _after_key(f" must be a path, got {value!r} ({_type_name(value)})")
+        raise recipe_value_error(f" must be a path, got {value!r} ({type_name(value)})")
     return os.fspath(value)
 
 
@@ -70,7 +62,7 @@ def _mapping(value: Any) -> dict:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise _after_key(f" must be a mapping, got {value!r} ({_type_name(value)})")
+        raise recipe_value_error(f" must be a mapping, got {value!r} ({type_name(value)})")
     return dict(value)
 
 
@@ -176,7 +168,7 @@ def augment_options(augment: Mapping[str, Any]) -> dict[str, Any]:
     try:
         return Augment.model_validate(dict(augment)).model_dump()
     except ValidationError as error:
-        raise translate(error, ("data", "augment")) from None
+        raise translate(error, Recipe, ("data", "augment")) from None
 
 
 def _recipe_augment(augment: dict[str, Any]) -> dict[str, Any]:
@@ -242,14 +234,14 @@ def _freeze(value: Any) -> FreezeStrategy:
     try:
         return FreezeStrategy.parse(value)
     except ValueError:
-        raise _after_key(f" must be none, head or until:<stage> (e.g. until:layer3), got {value!r}") from None
+        raise recipe_value_error(f" must be none, head or until:<stage> (e.g. until:layer3), got {value!r}") from None
 
 
 def _unfreeze_list(value: Any) -> list:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise _after_key(f" must be a list of {{epoch: N, stage: NAME}}, got {value!r}")
+        raise recipe_value_error(f" must be a list of {{epoch: N, stage: NAME}}, got {value!r}")
     return value
 
 
@@ -263,7 +255,7 @@ class UnfreezeStep(_Section):
     @classmethod
     def _exactly_epoch_and_stage(cls, item: Any) -> Any:
         if not isinstance(item, Mapping) or set(item) != {"epoch", "stage"}:
-            raise _after_key(f" must be a mapping with exactly the keys epoch and stage, got {item!r}")
+            raise recipe_value_error(f" must be a mapping with exactly the keys epoch and stage, got {item!r}")
         return item
 
 
@@ -298,14 +290,14 @@ class DataSection(_Section):
 # ------------------------------------------------------------------------------------------------------- train
 def _optimizer(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise _after_key(f" must be a timm optimizer name, got {value!r}")
+        raise recipe_value_error(f" must be a timm optimizer name, got {value!r}")
     from timm.optim import list_optimizers
 
     known = list_optimizers()
     if value.lower() not in known:
         close = difflib.get_close_matches(value.lower(), known, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else " (see `timm.optim.list_optimizers()`)"
-        raise _after_key(f": unknown timm optimizer {value!r}{hint}")
+        raise recipe_value_error(f": unknown timm optimizer {value!r}{hint}")
     return value
 
 
@@ -319,17 +311,17 @@ def _ema(value: Any) -> bool | float:
         return value
     decay = _yaml_number(value)
     if decay <= 0.0:
-        raise _after_key(f" must be > 0.0, got {decay}")
+        raise recipe_value_error(f" must be > 0.0, got {decay}")
     if decay > 1.0:
-        raise _after_key(f" must be <= 1.0, got {decay}")
+        raise recipe_value_error(f" must be <= 1.0, got {decay}")
     if decay == 1.0:
-        raise _after_key(f" must be true, false or a decay in (0, 1), got {value!r}")
+        raise recipe_value_error(f" must be true, false or a decay in (0, 1), got {value!r}")
     return decay
 
 
 def _head_feature_cache(value: Any) -> str | bool:
     if not isinstance(value, bool) and value != "auto":
-        raise _after_key(f" must be auto, true or false, got {value!r}")
+        raise recipe_value_error(f" must be auto, true or false, got {value!r}")
     return value
 
 
@@ -414,95 +406,9 @@ def resolve_recipe(recipe: Any) -> dict[str, Any]:
     try:
         return Recipe.model_validate(recipe).model_dump()
     except ValidationError as error:
-        raise translate(error) from None
+        raise translate(error, Recipe) from None
 
 
 def recipe_defaults() -> dict[str, Any]:
     """Every section and key with its default, in schema order (``root`` and ``output_dir`` None)."""
     return Recipe().model_dump()
-
-
-# ------------------------------------------------------------------------------------- errors, read as ours
-_TYPE_WORDS = {
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "finite_number": "a number",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "string_type": "a string",
-    "dict_type": "a mapping",
-}
-_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-
-
-def unknown_key(key: str, allowed: Sequence[str]) -> UsageError:
-    """``unknown recipe key 'train.lrr' (did you mean 'lr'?); allowed keys in section 'train': ...``."""
-    leaf = key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(leaf, allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    parent = key.rsplit(".", 1)[0] if "." in key else ""
-    where = f"in section {parent!r}" if parent else "at the top level"
-    return UsageError(f"unknown recipe key {key!r}{hint}; allowed keys {where}: {', '.join(allowed)}")
-
-
-def _dotted(loc: Sequence[str | int]) -> str:
-    """("model", "unfreeze", 0, "epoch") -> "model.unfreeze[0].epoch"."""
-    key = ""
-    for part in loc:
-        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else part)
-    return key
-
-
-def _section_model(loc: Sequence[str | int]) -> type[BaseModel]:
-    """The model class that holds the field at ``loc`` (for its allowed keys and its choices)."""
-    model: type[BaseModel] = Recipe
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        annotation = model.model_fields[part].annotation
-        inner = [a for a in (annotation, *getattr(annotation, "__args__", ())) if isinstance(a, type)]
-        model = next(a for a in inner if issubclass(a, BaseModel))
-    return model
-
-
-def _choices(model: type[BaseModel], field: str) -> list[Any]:
-    annotation = model.model_fields[field].annotation
-    choices: list[Any] = []
-    for arg in getattr(annotation, "__args__", ()):
-        choices.extend(getattr(arg, "__args__", (arg,)) if getattr(arg, "__origin__", None) is Literal else (arg,))
-    return [None if c is type(None) else c for c in choices]
-
-
-def _message(error: Mapping[str, Any], loc: tuple) -> str:
-    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
-    key = _dotted(loc)
-    if kind == _AFTER_KEY:
-        return f"recipe key {key!r}{ctx['after_key']}"
-    if kind == "recipe_section":
-        return f"recipe section {key!r} must be a mapping, got {ctx['got']}"
-    if kind in ("extra_forbidden", "recipe_unknown_key"):
-        full = loc + (ctx["key"],) if kind == "recipe_unknown_key" else loc
-        return str(unknown_key(_dotted(full), list(_section_model(full).model_fields)))
-    if kind == "literal_error":
-        shown = ", ".join("null" if c is None else str(c).lower() for c in _choices(_section_model(loc), loc[-1]))
-        return f"recipe key {key!r} must be one of: {shown}; got {value!r}"
-    if kind in _BOUNDS:
-        bound = next(iter(ctx.values()))
-        shown = float(value) if isinstance(bound, float) else value
-        return f"recipe key {key!r} must be {_BOUNDS[kind]} {bound}, got {shown}"
-    words = _TYPE_WORDS.get(kind)
-    if words is not None:
-        return f"recipe key {key!r} must be {words}, got {value!r} ({_type_name(value)})"
-    return f"recipe key {key!r}: {error['msg']}"  # a pydantic check this schema does not use yet
-
-
-def translate(error: ValidationError, prefix: tuple = ()) -> UsageError:
-    """pydantic's errors -> the one :class:`UsageError` the user sees: an unknown key first (as when keys were
-    checked before values), else the first wrong value in schema order."""
-    errors = error.errors(include_url=False)
-    unknown = [e for e in errors if e["type"] in ("extra_forbidden", "recipe_unknown_key")]
-    first = min(unknown, key=lambda e: len(e["loc"])) if unknown else errors[0]
-    return UsageError(_message(first, prefix + tuple(first["loc"])))

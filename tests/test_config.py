@@ -189,3 +189,16 @@ def test_augment_is_checked_by_the_schema_and_kept_as_given():
     assert validate_recipe({"data": {"augment": augment}})["data"]["augment"] == augment  # only what the user set
     with pytest.raises(UsageError, match=r"^data.augment.scale must be \[min, max\]"):
         validate_recipe({"data": {"augment": {"scale": [0.5]}}})
+
+
+def test_freeze_grammar_is_parsed_once_into_typed_values():
+    from inat_zoo.recipe_schema import FreezeStrategy, Recipe
+
+    model = {"freeze": "until:layer3", "unfreeze": [{"epoch": 3, "stage": "layer3"}, {"epoch": 2, "stage": "layer2"}]}
+    typed = Recipe.model_validate({"model": model}).model
+    assert typed.freeze == FreezeStrategy("until", "layer3") and str(typed.freeze) == "until:layer3"
+    assert [(step.epoch, step.stage) for step in typed.unfreeze] == [(2, "layer2"), (3, "layer3")]
+    assert FreezeStrategy.parse("head") == FreezeStrategy("head")
+    with pytest.raises(ValueError):
+        FreezeStrategy.parse("until:")
+    assert validate_recipe({"model": model})["model"]["freeze"] == "until:layer3"  # dumped as the recipe's text
