@@ -262,7 +262,8 @@ class UnfreezeStep(_Section):
 class ModelSection(_Section):
     """``model``: the timm model (name, kwargs, pretrained weights) and what of it is frozen when."""
 
-    name: Annotated[str, BeforeValidator(_model_name)] = "inat_flexible_cnn"
+    # validated even when left out, as before: checking the name registers inat_* with timm for the caller
+    name: Annotated[str, BeforeValidator(_model_name)] = Field("inat_flexible_cnn", validate_default=True)
     args: FreeMapping = Field(default_factory=dict)
     pretrained: bool = False
     freeze: Annotated[FreezeStrategy, BeforeValidator(_freeze), PlainSerializer(str)] = FreezeStrategy("none")
@@ -397,18 +398,35 @@ class Recipe(_Section):
         return self
 
 
-def resolve_recipe(recipe: Any) -> dict[str, Any]:
-    """The recipe validated against :class:`Recipe` and dumped as a plain dict, every default filled in.
+def parse_recipe(recipe: Any) -> Recipe:
+    """The recipe mapping (as read from YAML, or a resolved recipe dict) as typed :class:`Recipe` values.
 
-    Sections and keys come in schema order. Raises :class:`UsageError` (one line, naming the dotted key) for an
-    unknown key (with the closest match and the allowed keys), a wrong type, a value out of range or a bad choice.
+    Raises :class:`UsageError` (one line, naming the dotted key) for an unknown key (with the closest match and the
+    allowed keys), a wrong type, a value out of range or a bad choice.
     """
     try:
-        return Recipe.model_validate(recipe).model_dump()
+        return Recipe.model_validate(recipe)
     except ValidationError as error:
         raise translate(error, Recipe) from None
 
 
+def resolve_recipe(recipe: Any) -> dict[str, Any]:
+    """:func:`parse_recipe` dumped as a plain dict, every default filled in, sections and keys in schema order."""
+    return parse_recipe(recipe).model_dump()
+
+
+def _unvalidated_defaults(model: type[_Section]) -> _Section:
+    sections = {
+        name: _unvalidated_defaults(field.annotation)
+        for name, field in model.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
+    }
+    return model.model_construct(**sections)
+
+
 def recipe_defaults() -> dict[str, Any]:
-    """Every section and key with its default, in schema order (``root`` and ``output_dir`` None)."""
-    return Recipe().model_dump()
+    """Every section and key with its default, in schema order (``root`` and ``output_dir`` None).
+
+    Built without validation: checking the default model name would import timm just to list the defaults.
+    """
+    return _unvalidated_defaults(Recipe).model_dump()

@@ -202,3 +202,14 @@ def test_freeze_grammar_is_parsed_once_into_typed_values():
     with pytest.raises(ValueError):
         FreezeStrategy.parse("until:")
     assert validate_recipe({"model": model})["model"]["freeze"] == "until:layer3"  # dumped as the recipe's text
+
+
+def test_a_resolved_recipe_reads_back_as_typed_values(tmp_path):
+    from inat_zoo.recipe_schema import parse_recipe
+
+    recipe = load_recipe(_write(tmp_path, {"train": {"lr": "1e-3"}}))
+    typed = parse_recipe(recipe)
+    assert typed.train.lr == pytest.approx(1e-3) and typed.data.root == recipe["data"]["root"]
+    assert typed.model_dump() == recipe
+    with pytest.raises(UsageError, match="unknown recipe key 'train.lrr'"):
+        parse_recipe({"train": {"lrr": 1}})
