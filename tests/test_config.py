@@ -146,3 +146,70 @@ def test_an_unfreeze_after_the_last_epoch_is_refused():
     assert validate_recipe({"model": model, "train": {"epochs": 3}})["model"]["unfreeze"] == model["unfreeze"]
     with pytest.raises(UsageError, match="at epoch 3, after the last epoch \\(train.epochs=2\\): it would never"):
         validate_recipe({"model": model, "train": {"epochs": 2}})
+
+
+def test_the_schema_is_one_set_of_pydantic_models():
+    """DEFAULTS and the augment defaults are read off the schema; there is no second list of keys to forget."""
+    from inat_zoo.data.transforms import AUGMENT_DEFAULTS
+    from inat_zoo.recipe_schema import Augment, Recipe, TrainSection
+
+    assert list(DEFAULTS) == list(Recipe.model_fields)
+    assert list(DEFAULTS["train"]) == list(TrainSection.model_fields)
+    assert list(AUGMENT_DEFAULTS) == list(Augment.model_fields)
+    assert Recipe.model_config["extra"] == "forbid"
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ({"train": {"lr": float("nan")}}, "recipe key 'train.lr' must be a number, got nan (float)"),
+        ({"train": {"clip_grad": "inf"}}, "recipe key 'train.clip_grad' must be a number, got inf (float)"),
+        ({"train": {"lr": 0}}, "recipe key 'train.lr' must be > 0.0, got 0.0"),
+        ({"data": {"val_fraction": 0.95}}, "recipe key 'data.val_fraction' must be <= 0.9, got 0.95"),
+        ({"train": {"batch_size": True}}, "recipe key 'train.batch_size' must be an integer, got True (bool)"),
+        ({"train": {"ema": 2}}, "recipe key 'train.ema' must be <= 1.0, got 2.0"),
+        ({"train": {1: 2}}, "unknown recipe key 'train.1'; allowed keys in section 'train': epochs, batch_size"),
+        (
+            {"model": {"unfreeze": [{"epoch": 0, "stage": "a"}]}},
+            "recipe key 'model.unfreeze[0].epoch' must be >= 1, got 0",
+        ),
+        ({"track": {"project": 3}}, "recipe key 'track.project' must be a string, got 3 (int)"),
+        ({"output_dir": 3}, "recipe key 'output_dir' must be a path, got 3 (int)"),
+        (None, "recipe section '' must be a mapping, got None"),
+    ],
+)
+def test_pydantic_errors_read_as_one_line(recipe, message):
+    with pytest.raises(UsageError) as e:
+        validate_recipe(recipe)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_augment_is_checked_by_the_schema_and_kept_as_given():
+    augment = {"scale": [0.5, 1], "hflip": 1}
+    assert validate_recipe({"data": {"augment": augment}})["data"]["augment"] == augment  # only what the user set
+    with pytest.raises(UsageError, match=r"^data.augment.scale must be \[min, max\]"):
+        validate_recipe({"data": {"augment": {"scale": [0.5]}}})
+
+
+def test_freeze_grammar_is_parsed_once_into_typed_values():
+    from inat_zoo.recipe_schema import FreezeStrategy, Recipe
+
+    model = {"freeze": "until:layer3", "unfreeze": [{"epoch": 3, "stage": "layer3"}, {"epoch": 2, "stage": "layer2"}]}
+    typed = Recipe.model_validate({"model": model}).model
+    assert typed.freeze == FreezeStrategy("until", "layer3") and str(typed.freeze) == "until:layer3"
+    assert [(step.epoch, step.stage) for step in typed.unfreeze] == [(2, "layer2"), (3, "layer3")]
+    assert FreezeStrategy.parse("head") == FreezeStrategy("head")
+    with pytest.raises(ValueError):
+        FreezeStrategy.parse("until:")
+    assert validate_recipe({"model": model})["model"]["freeze"] == "until:layer3"  # dumped as the recipe's text
+
+
+def test_a_resolved_recipe_reads_back_as_typed_values(tmp_path):
+    from inat_zoo.recipe_schema import parse_recipe
+
+    recipe = load_recipe(_write(tmp_path, {"train": {"lr": "1e-3"}}))
+    typed = parse_recipe(recipe)
+    assert typed.train.lr == pytest.approx(1e-3) and typed.data.root == recipe["data"]["root"]
+    assert typed.model_dump() == recipe
+    with pytest.raises(UsageError, match="unknown recipe key 'train.lrr'"):
+        parse_recipe({"train": {"lrr": 1}})

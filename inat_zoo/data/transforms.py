@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ..recipe_schema import Augment, augment_options
 from .decode import decode_image, open_image, source_bytes, to_rgb  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -20,67 +21,28 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image as PILImage
 
-# The recipe's `data.augment` keys and their defaults (timm's create_transform meaning).
+# The recipe's `data.augment` keys and their defaults (timm's create_transform meaning), from the recipe schema.
 AUGMENT_DEFAULTS: dict[str, Any] = {
-    "hflip": 0.5,  # horizontal flip probability
-    "vflip": 0.0,  # vertical flip probability
-    "scale": [0.08, 1.0],  # RandomResizedCrop area range
-    "ratio": [3 / 4, 4 / 3],  # RandomResizedCrop aspect-ratio range
-    "auto_augment": None,  # None | timm policy ("rand-m9-mstd0.5-inc1", "augmix-m5", "original") | "trivialaugment"
-    # float (brightness/contrast/saturation) or [b, c, s(, h)]; off by default: colour is a cue for many taxa
-    "color_jitter": None,
-    "re_prob": 0.0,  # random erasing probability
+    name: list(field.default) if isinstance(field.default, tuple) else field.default
+    for name, field in Augment.model_fields.items()
 }
 TRIVIAL_AUGMENT = "trivialaugment"  # torchvision's TrivialAugmentWide (timm has no TrivialAugment policy)
 DEFAULT_CROP_PCT = 0.875
 
 
-def _prob(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise UsageError(f"data.augment.{key} must be a probability between 0 and 1, got {value!r}")
-    return float(value)
-
-
-def _range(key: str, value: Any, upper: float | None) -> tuple[float, float]:
-    ok = isinstance(value, (list, tuple)) and len(value) == 2
-    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    ok = ok and 0 < value[0] <= value[1] and (upper is None or value[1] <= upper)
-    if not ok:
-        bound = f" <= {upper}" if upper is not None else ""
-        raise UsageError(f"data.augment.{key} must be [min, max] with 0 < min <= max{bound}, got {value!r}")
-    return float(value[0]), float(value[1])
-
-
 def validate_augment(augment: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``augment`` merged over :data:`AUGMENT_DEFAULTS`, type-checked; unknown keys raise :class:`UsageError`."""
+    """``augment`` merged over :data:`AUGMENT_DEFAULTS`, type-checked by the recipe schema's :class:`Augment`.
+
+    Raises :class:`UsageError` for an unknown key or a wrong value.
+    """
     augment = dict(augment or {})
-    unknown = sorted(set(augment) - set(AUGMENT_DEFAULTS))
+    unknown = sorted(set(augment) - set(AUGMENT_DEFAULTS), key=str)
     if unknown:
         raise UsageError(
-            f"unknown data.augment key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(AUGMENT_DEFAULTS))}"
+            f"unknown data.augment key(s) {', '.join(map(str, unknown))}; "
+            f"allowed: {', '.join(sorted(AUGMENT_DEFAULTS))}"
         )
-    out = {**AUGMENT_DEFAULTS, **augment}
-    out["hflip"] = _prob("hflip", out["hflip"])
-    out["vflip"] = _prob("vflip", out["vflip"])
-    out["re_prob"] = _prob("re_prob", out["re_prob"])
-    out["scale"] = _range("scale", out["scale"], 1.0)
-    out["ratio"] = _range("ratio", out["ratio"], None)
-    aa = out["auto_augment"]
-    if aa is not None and (not isinstance(aa, str) or not aa):
-        raise UsageError(f"data.augment.auto_augment must be null or a policy string, got {aa!r}")
-    cj = out["color_jitter"]
-    if cj is not None:
-        scalar = isinstance(cj, (int, float)) and not isinstance(cj, bool) and cj >= 0
-        seq = isinstance(cj, (list, tuple)) and len(cj) in (3, 4)
-        seq = seq and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in cj)
-        if not (scalar or seq):
-            raise UsageError(f"data.augment.color_jitter must be null, a number >= 0 or a list of 3-4, got {cj!r}")
-        out["color_jitter"] = float(cj) if scalar else tuple(float(v) for v in cj)
-    if aa is not None and augment.get("color_jitter") is not None:
-        raise UsageError(
-            "data.augment: color_jitter is ignored when auto_augment is set (timm drops it); set only one of them"
-        )
-    return out
+    return augment_options(augment)
 
 
 def _input_hw(data_config: Mapping[str, Any]) -> tuple[int, int]:

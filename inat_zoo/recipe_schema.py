@@ -1,0 +1,432 @@
+"""The recipe schema: one pydantic v2 model per section (model, data and its augment, train, track) and the whole.
+
+Every key, its type, its default, its range and its choices are declared here and nowhere else; ``inat_zoo.config``
+reads YAML files and overrides and hands the mapping to :func:`resolve_recipe`, and the data layer's
+``validate_augment`` is :func:`augment_options`. Values are checked strictly (``true`` is not the integer 1, ``"3"``
+is not a number) except where YAML 1.1 forces leniency: ``1e-3`` without a dot reads as a string and a bare ``no``
+reads as false. A failure is one :class:`UsageError` worded by ``inat_zoo.recipe_errors``; ``model.freeze`` and
+``model.unfreeze`` are parsed into :class:`FreezeStrategy` and :class:`UnfreezeStep` and dumped back as text and
+``{epoch, stage}`` mappings.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .errors import UsageError
+from .recipe_errors import recipe_value_error, translate, type_name, unknown_key
+
+
+# ------------------------------------------------------------------------------------------ reusable value types
+def _yaml_number(value: Any) -> Any:
+    """A finite number, as a float. YAML 1.1 reads ``1e-3`` (no dot) as a string: accept what is plainly a number."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise recipe_value_error(f" must be a number, got {value!r} ({type_name(value)})")
+    return float(value)
+
+
+def _path(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise recipe_value_error(f" must be a path, got {value!r} ({type_name(value)})")
+    return os.fspath(value)
+
+
+def _mapping(value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise recipe_value_error(f" must be a mapping, got {value!r} ({type_name(value)})")
+    return dict(value)
+
+
+Number = Annotated[float, BeforeValidator(_yaml_number)]
+PathText = Annotated[str | None, BeforeValidator(_path)]
+FreeMapping = Annotated[dict[Any, Any], BeforeValidator(_mapping)]
+
+
+class _Section(BaseModel):
+    """A recipe section: unknown keys are refused, values are checked strictly, ``null`` means all defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    null_means_defaults: ClassVar[bool] = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, values: Any) -> Any:
+        if values is None and cls.null_means_defaults:
+            return {}
+        if not isinstance(values, Mapping):
+            raise PydanticCustomError("recipe_section", "not a mapping", {"got": repr(values)})
+        for key in values:
+            if not isinstance(key, str):  # YAML `1: x`: an unknown key, named as such (pydantic says "invalid_key")
+                raise PydanticCustomError("recipe_unknown_key", "unknown key", {"key": str(key)})
+        return values
+
+
+# ------------------------------------------------------------------------------------------------- data.augment
+def _probability(value: Any, info: ValidationInfo) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise UsageError(f"data.augment.{info.field_name} must be a probability between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _crop_range(upper: float | None):
+    def check(value: Any, info: ValidationInfo) -> tuple[float, float]:
+        ok = isinstance(value, (list, tuple)) and len(value) == 2
+        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ok = ok and 0 < value[0] <= value[1] and (upper is None or value[1] <= upper)
+        if not ok:
+            bound = f" <= {upper}" if upper is not None else ""
+            raise UsageError(
+                f"data.augment.{info.field_name} must be [min, max] with 0 < min <= max{bound}, got {value!r}"
+            )
+        return float(value[0]), float(value[1])
+
+    return check
+
+
+def _auto_augment(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise UsageError(f"data.augment.auto_augment must be null or a policy string, got {value!r}")
+    return value
+
+
+def _color_jitter(value: Any) -> float | tuple[float, ...] | None:
+    if value is None:
+        return None
+    scalar = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    sequence = isinstance(value, (list, tuple)) and len(value) in (3, 4)
+    sequence = sequence and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value)
+    if not (scalar or sequence):
+        raise UsageError(f"data.augment.color_jitter must be null, a number >= 0 or a list of 3-4, got {value!r}")
+    return float(value) if scalar else tuple(float(v) for v in value)
+
+
+Probability = Annotated[float, BeforeValidator(_probability)]
+
+
+class Augment(_Section):
+    """``data.augment``: the training transform's options, in timm ``create_transform``'s meaning.
+
+    ``scale`` and ``ratio`` are RandomResizedCrop's area and aspect ranges; ``color_jitter`` is a float (brightness,
+    contrast, saturation) or 3-4 floats, off by default because colour is a cue for many taxa; ``auto_augment`` is
+    ``None``, a timm policy (``rand-m9-mstd0.5-inc1``, ``augmix-m5``, ``original``) or ``trivialaugment``
+    (torchvision's TrivialAugmentWide).
+    Wrong values raise :class:`UsageError` naming ``data.augment.<key>``.
+    """
+
+    hflip: Probability = 0.5
+    vflip: Probability = 0.0
+    scale: Annotated[tuple[float, float], BeforeValidator(_crop_range(1.0))] = (0.08, 1.0)
+    ratio: Annotated[tuple[float, float], BeforeValidator(_crop_range(None))] = (3 / 4, 4 / 3)
+    auto_augment: Annotated[str | None, BeforeValidator(_auto_augment)] = None
+    color_jitter: Annotated[float | tuple[float, ...] | None, BeforeValidator(_color_jitter)] = None
+    re_prob: Probability = 0.0
+
+    @model_validator(mode="after")
+    def _one_colour_source(self) -> Augment:
+        if self.auto_augment is not None and self.color_jitter is not None:
+            raise UsageError(
+                "data.augment: color_jitter is ignored when auto_augment is set (timm drops it); set only one of them"
+            )
+        return self
+
+
+def augment_options(augment: Mapping[str, Any]) -> dict[str, Any]:
+    """``augment`` (keys already known to :class:`Augment`) merged over the defaults and type-checked.
+
+    Returns a plain dict: probabilities as float, ``scale``/``ratio`` as (float, float), ``color_jitter`` as None,
+    a float or a tuple of floats. Raises :class:`UsageError` for a wrong value.
+    """
+    try:
+        return Augment.model_validate(dict(augment)).model_dump()
+    except ValidationError as error:
+        raise translate(error, Recipe, ("data", "augment")) from None
+
+
+def _recipe_augment(augment: dict[str, Any]) -> dict[str, Any]:
+    """The recipe keeps only what the user set (the trainer tells "no augment given" from the defaults)."""
+    for key in augment:
+        if key not in Augment.model_fields:
+            raise unknown_key(f"data.augment.{key}", list(Augment.model_fields))
+    augment_options(augment)
+    return augment
+
+
+# ------------------------------------------------------------------------------------------------------- model
+_FREEZE_RE = re.compile(r"^(none|head|until:\S+)$")
+
+
+def _model_name(value: Any) -> str:
+    key = "recipe key 'model.name'"
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{key} must be a timm model name, got {value!r}")
+    if value.startswith("hf-hub:"):
+        from .hub_ids import parse_hub_id
+
+        return f"hf-hub:{parse_hub_id(value, key, allow_revision=True)}"
+    if value.startswith("local-dir:"):
+        return value
+    import timm
+
+    from . import models  # noqa: F401  (registers inat_* with timm)
+
+    if not timm.is_model(value):
+        close = difflib.get_close_matches(value, timm.list_models(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (see `timm.list_models()` or `inat-zoo models`)"
+        raise UsageError(f"{key}: unknown timm model {value!r}{hint}")
+    return value
+
+
+@dataclass(frozen=True)
+class FreezeStrategy:
+    """``model.freeze`` parsed: ``kind`` none | head | until, and for ``until:<stage>`` the stage name.
+
+    ``str()`` gives the recipe's text back (``until:layer3``), which is how the resolved recipe stores it.
+    """
+
+    kind: Literal["none", "head", "until"]
+    stage: str | None = None
+
+    @classmethod
+    def parse(cls, text: Any) -> FreezeStrategy:
+        """Raises ValueError (the schema words it) for anything but ``none``, ``head`` or ``until:<stage>``."""
+        match = _FREEZE_RE.match(text) if isinstance(text, str) else None
+        if match is None:
+            raise ValueError(f"not a freeze strategy: {text!r}")
+        kind, _, stage = text.partition(":")
+        return cls(kind, stage or None)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.stage}" if self.stage is not None else self.kind
+
+
+def _freeze(value: Any) -> FreezeStrategy:
+    if isinstance(value, FreezeStrategy):
+        return value
+    try:
+        return FreezeStrategy.parse(value)
+    except ValueError:
+        raise recipe_value_error(f" must be none, head or until:<stage> (e.g. until:layer3), got {value!r}") from None
+
+
+def _unfreeze_list(value: Any) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise recipe_value_error(f" must be a list of {{epoch: N, stage: NAME}}, got {value!r}")
+    return value
+
+
+class UnfreezeStep(_Section):
+    """One ``model.unfreeze`` entry: at the start of ``epoch`` (1-based), unfreeze the model stage ``stage``."""
+
+    epoch: int = Field(ge=1)
+    stage: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_epoch_and_stage(cls, item: Any) -> Any:
+        if not isinstance(item, Mapping) or set(item) != {"epoch", "stage"}:
+            raise recipe_value_error(f" must be a mapping with exactly the keys epoch and stage, got {item!r}")
+        return item
+
+
+class ModelSection(_Section):
+    """``model``: the timm model (name, kwargs, pretrained weights) and what of it is frozen when."""
+
+    # validated even when left out, as before: checking the name registers inat_* with timm for the caller
+    name: Annotated[str, BeforeValidator(_model_name)] = Field("inat_flexible_cnn", validate_default=True)
+    args: FreeMapping = Field(default_factory=dict)
+    pretrained: bool = False
+    freeze: Annotated[FreezeStrategy, BeforeValidator(_freeze), PlainSerializer(str)] = FreezeStrategy("none")
+    unfreeze: Annotated[list[UnfreezeStep], BeforeValidator(_unfreeze_list)] = Field(default_factory=list)
+
+    @field_validator("unfreeze", mode="after")
+    @classmethod
+    def _by_epoch(cls, schedule: list[UnfreezeStep]) -> list[UnfreezeStep]:
+        return sorted(schedule, key=lambda step: step.epoch)
+
+
+# -------------------------------------------------------------------------------------------------------- data
+class DataSection(_Section):
+    """``data``: where the images are and how they reach the model; ``root`` None means the default cache."""
+
+    root: PathText = None
+    image_size: int | None = Field(None, ge=8)
+    val_fraction: Number = Field(0.2, gt=0.0, le=0.9)
+    strict: bool = False
+    num_workers: int = Field(2, ge=0)
+    prepared_cache: bool = False
+    augment: Annotated[FreeMapping, AfterValidator(_recipe_augment)] = Field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------------- train
+def _optimizer(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise recipe_value_error(f" must be a timm optimizer name, got {value!r}")
+    from timm.optim import list_optimizers
+
+    known = list_optimizers()
+    if value.lower() not in known:
+        close = difflib.get_close_matches(value.lower(), known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (see `timm.optim.list_optimizers()`)"
+        raise recipe_value_error(f": unknown timm optimizer {value!r}{hint}")
+    return value
+
+
+def _no_is_no(value: Any) -> Any:
+    # YAML 1.1 reads a bare `no` as false: `mixed_precision: no` (file or key=value) means accelerate's "no"
+    return "no" if value is False else value
+
+
+def _ema(value: Any) -> bool | float:
+    if isinstance(value, bool):
+        return value
+    decay = _yaml_number(value)
+    if decay <= 0.0:
+        raise recipe_value_error(f" must be > 0.0, got {decay}")
+    if decay > 1.0:
+        raise recipe_value_error(f" must be <= 1.0, got {decay}")
+    if decay == 1.0:
+        raise recipe_value_error(f" must be true, false or a decay in (0, 1), got {value!r}")
+    return decay
+
+
+def _head_feature_cache(value: Any) -> str | bool:
+    if not isinstance(value, bool) and value != "auto":
+        raise recipe_value_error(f" must be auto, true or false, got {value!r}")
+    return value
+
+
+class TrainSection(_Section):
+    """``train``: optimisation (timm optimizer and scheduler names), precision, EMA, caching and checkpoints.
+
+    Epoch counts may be fractional (``warmup_epochs``, ``decay_epochs``); ``ema`` is true, false or a decay in (0, 1).
+    """
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Annotated[str, BeforeValidator(_optimizer)] = "adamw"
+    lr: Number = Field(1.0e-3, gt=0.0)
+    weight_decay: Number = Field(0.05, ge=0.0)
+    scheduler: Literal["cosine", "step", "none"] = "cosine"
+    warmup_epochs: Number = Field(0.0, ge=0.0)
+    warmup_lr: Number = Field(1.0e-6, ge=0.0)
+    min_lr: Number = Field(0.0, ge=0.0)
+    decay_epochs: Number | None = Field(None, gt=0.0)
+    decay_rate: Number = Field(0.1, gt=0.0)
+    layer_decay: Number | None = Field(None, gt=0.0, le=1.0)
+    label_smoothing: Number = Field(0.0, ge=0.0, le=0.99)
+    grad_accum_steps: int = Field(1, ge=1)
+    clip_grad: Number | None = Field(None, gt=0.0)
+    mixed_precision: Annotated[Literal[None, "no", "bf16", "fp16"], BeforeValidator(_no_is_no)] = None
+    channels_last: bool = False
+    compile: bool = False
+    ema: Annotated[bool | float, BeforeValidator(_ema)] = False
+    head_feature_cache: Annotated[Literal["auto"] | bool, BeforeValidator(_head_feature_cache)] = "auto"
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+
+
+# ------------------------------------------------------------------------------------------------------- track
+class TrackSection(_Section):
+    """``track``: Weights & Biases logging (off by default; ``mode`` offline writes locally only)."""
+
+    wandb: bool = False
+    project: str = "inat_zoo"
+    mode: Literal["online", "offline", "disabled"] = "offline"
+    run_name: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------------ recipe
+class Recipe(_Section):
+    """A whole training recipe; ``output_dir`` None means ``runs/<recipe file stem>`` (set by the loader)."""
+
+    null_means_defaults: ClassVar[bool] = False
+
+    seed: int = Field(42, ge=0)
+    output_dir: PathText = None
+    resume: bool = False
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    track: TrackSection = Field(default_factory=TrackSection)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Recipe:
+        if self.train.scheduler == "none" and self.train.layer_decay is not None:
+            # timm applies layer decay only through its schedulers (lr_scale); without one it would silently vanish
+            raise UsageError("recipe key 'train.layer_decay' needs a scheduler (train.scheduler cosine or step)")
+        if self.model.unfreeze and self.model.freeze.kind == "none":
+            raise UsageError("recipe key 'model.unfreeze' needs a frozen model (model.freeze head or until:<stage>)")
+        epochs = self.train.epochs
+        for step in self.model.unfreeze:  # the stage names need the model: the trainer's pre-flight checks them
+            if step.epoch > epochs:  # an unfreeze after the last epoch would silently never happen
+                raise UsageError(
+                    f"recipe key 'model.unfreeze' unfreezes {step.stage!r} at epoch {step.epoch}, after the last "
+                    f"epoch (train.epochs={epochs}): it would never happen; use an epoch from 1 to {epochs}"
+                )
+        return self
+
+
+def parse_recipe(recipe: Any) -> Recipe:
+    """The recipe mapping (as read from YAML, or a resolved recipe dict) as typed :class:`Recipe` values.
+
+    Raises :class:`UsageError` (one line, naming the dotted key) for an unknown key (with the closest match and the
+    allowed keys), a wrong type, a value out of range or a bad choice.
+    """
+    try:
+        return Recipe.model_validate(recipe)
+    except ValidationError as error:
+        raise translate(error, Recipe) from None
+
+
+def resolve_recipe(recipe: Any) -> dict[str, Any]:
+    """:func:`parse_recipe` dumped as a plain dict, every default filled in, sections and keys in schema order."""
+    return parse_recipe(recipe).model_dump()
+
+
+def _unvalidated_defaults(model: type[_Section]) -> _Section:
+    sections = {
+        name: _unvalidated_defaults(field.annotation)
+        for name, field in model.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
+    }
+    return model.model_construct(**sections)
+
+
+def recipe_defaults() -> dict[str, Any]:
+    """Every section and key with its default, in schema order (``root`` and ``output_dir`` None).
+
+    Built without validation: checking the default model name would import timm just to list the defaults.
+    """
+    return _unvalidated_defaults(Recipe).model_dump()
