@@ -21,10 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check inat_zoo tests bench
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check inat_zoo tests bench
+	$(VENV)/bin/lint-imports
 	$(PY) -m ruff format --check inat_zoo tests bench
 
 bench: $(STAMP)

@@ -13,7 +13,6 @@ import copy
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from .rundir import (
     MODEL_DIR,
     PUBLISHED_EVAL_METRICS_FILE,
     RECIPE_FILE,
+    RunFiles,
     published_test_accuracy,
     read_history,
     read_json,
@@ -45,25 +45,6 @@ CARD_NAME = "README.md"
 IMAGES_DIR = "images"
 _REQUIRED_CONFIG_KEYS = ("architecture", "num_classes", "pretrained_cfg")
 _REQUIRED_DATA_KEYS = ("input_size", "mean", "std")
-
-
-@dataclass
-class RunFiles:
-    """What a run directory holds, read and checked once (layout: see the recipe contract)."""
-
-    run_dir: Path
-    model_dir: Path
-    config: dict[str, Any]
-    recipe: dict[str, Any]
-    metrics: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    eval_metrics: dict[str, Any] | None = None
-    eval_images: list[Path] = field(default_factory=list)
-    explain_images: list[Path] = field(default_factory=list)
-
-    @property
-    def label_names(self) -> list[str]:
-        return list(self.config["label_names"])
 
 
 def check_model_dir(model_dir: Path) -> dict[str, Any]:

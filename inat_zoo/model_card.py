@@ -28,7 +28,7 @@ from .resources import bundled_path
 from .rundir import EVAL_FOLDER, METRICS_FILE, PUBLISHED_EVAL_METRICS_FILE, evaluate_test_metrics, trainer_test_metrics
 
 if TYPE_CHECKING:
-    from .hub import RunFiles
+    from .rundir import RunFiles
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -294,3 +295,23 @@ def check_run_directory(recipe: dict) -> Path | None:
         )
     checkpoints = complete_checkpoints(out)
     return checkpoints[-1] if checkpoints else None
+
+
+@dataclass
+class RunFiles:
+    """What a run directory holds for publishing, read and checked once by :func:`inat_zoo.hub.read_run`; the model
+    card is written from it."""
+
+    run_dir: Path
+    model_dir: Path
+    config: dict[str, Any]
+    recipe: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    eval_metrics: dict[str, Any] | None = None
+    eval_images: list[Path] = field(default_factory=list)
+    explain_images: list[Path] = field(default_factory=list)
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.config["label_names"])
