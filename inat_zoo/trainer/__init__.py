@@ -1,0 +1,9 @@
+"""The accelerate trainer behind :func:`inat_zoo.train.train`, split by concern.
+
+- :mod:`.build`: pure factories of one run's pieces (model, data config, loaders, optimizer, scheduler, EMA, the
+  head feature cache switch) and :func:`.build.build_run`, which assembles them in a fixed order;
+- :mod:`.preflight`: the checks of a recipe against its model, on the meta device, before anything is written;
+- :mod:`.checkpoint`: :class:`.checkpoint.TrainerState` and the atomic checkpoint / best-model writers;
+- :mod:`.loop`: :class:`.loop.Trainer`, the loop (fit, epochs, evaluation, unfreezing, resume, finish);
+- :mod:`.accelerate_compat`: the private accelerate APIs the trainer cannot avoid, in one place.
+"""
