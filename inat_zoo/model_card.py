@@ -5,7 +5,7 @@ The metadata (``library_name: timm``, tags, license, datasets, ``base_model``, `
 The tags are set explicitly: timm's own card generator adds ``transformers``, which these models are not.
 
 Every number on the card names the evaluation it came from. The test numbers (accuracy, top-k, macro F1, loss, image
-count, in the text and in ``model-index``) all come from ONE result of :func:`inat_zoo.evaluate.evaluate_split`
+count, in the text and in ``model-index``) all come from ONE result of :func:`inat_zoo.evaluation.evaluate_split`
 (:func:`test_evaluation`): training's final test pass (``metrics.json``'s ``test`` block), or, for a run written
 before that pass computed macro F1, ``inat-zoo evaluate`` (``eval/metrics.json``). Accuracy and F1 are never taken
 from two different evaluations. The validation row is the training loop's own measurement at the best epoch.
