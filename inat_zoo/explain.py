@@ -6,7 +6,7 @@ rewrites the backward pass of ``nn.ReLU`` modules; for other activations the res
 gradient, so that case is detected, warned about and titled as plain gradients.
 
 The pictures show test images (one per class, round-robin) or the files given with ``--image``; the images and the
-predicted labels come from the one evaluation rule (:func:`inat_zoo.evaluate.model_logits`), so a picture's label is
+predicted labels come from the one evaluation rule (:func:`inat_zoo.evaluation.model_logits`), so a picture's label is
 the prediction ``inat-zoo evaluate`` counts. An ``--image`` that cannot be read is ``inat-zoo: error: <file>:
 <reason>`` (exit 2); unreadable test images are skipped and named in a warning.
 """
@@ -19,6 +19,7 @@ import math
 import textwrap
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from torch import nn
 from .atomic import atomic_directory
 from .data.decode import format_skipped, read_image_file
 from .errors import UsageError
-from .evaluate import EvalImages, check_out_dir, default_device, default_out_dir, load_eval_data, model_logits
+from .evaluate import check_out_dir, default_out_dir
+from .evaluation import EvalImages, default_device, load_eval_data, model_logits
 from .loading import LoadedModel, load_model
 from .plots import RIGHT, WRONG, denormalize, minmax, new_figure, new_grid, save_figure, show_image, suptitle, tile
 from .rundir import EXPLAIN_FILES, EXPLAIN_FOLDER, EXPLAIN_IMAGES_FOLDER
@@ -112,16 +114,13 @@ def top_neurons(layer_output: torch.Tensor, k: int = NUM_NEURONS) -> list[tuple[
 
 
 def layer_output(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """The output of ``layer`` for input ``x`` (a forward hook; no gradients)."""
-    store: dict[str, torch.Tensor] = {}
+    """The output of ``layer`` for input ``x`` (N, C, H, W): a tensor shaped as that output, e.g. (N, C', H', W') for
+    a conv block, no gradients. Captum's ``LayerActivation``, which copies the output as the layer returns it (an
+    in-place activation after the layer cannot change it)."""
+    from captum.attr import LayerActivation
+
     module = dict(model.named_modules())[layer]
-    handle = module.register_forward_hook(lambda m, i, o: store.__setitem__("out", o.detach().clone()))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    return store["out"]
+    return LayerActivation(model, module).attribute(x).detach()
 
 
 def neuron_attributions(
@@ -267,6 +266,95 @@ def _readable(images: EvalImages, order: list[int], n: int) -> list[int]:
     return chosen
 
 
+@dataclass
+class _Subjects:
+    """The images being explained, the evaluation's predictions for them, and how the pictures label them."""
+
+    x: torch.Tensor  # (N, C, H, W) float32 model input, on the model's device
+    shown: np.ndarray  # (N, H, W, 3) the same images for display, floats in [0, 1]
+    preds: torch.Tensor  # (N,) int64 predicted classes, on the CPU
+    captions: list[str]  # "true: ...\npred: ... (87%)", or the prediction alone for unlabelled files
+    colors: list[str | None]  # RIGHT / WRONG, None for unlabelled files
+    subject: str  # how titles name the first image
+
+
+def _images_to_explain(
+    loaded: LoadedModel, data_root: str | Path | None, images: int, image_files: Sequence[str | Path] | None
+) -> tuple[EvalImages, list[int], list[str]]:
+    """(source, picked indices, class names): the given files, else ``images`` readable test images round-robin."""
+    if image_files:
+        source = EvalImages([str(p) for p in image_files], loaded.data_config, split="images")
+        return source, list(range(len(source))), list(loaded.label_names)
+    data = load_eval_data(loaded, data_root, "test")
+    picked = _readable(data.images, _pick_images(data.labels, len(data.labels)), images)
+    return data.images, picked, data.class_names
+
+
+def _predict_subjects(loaded: LoadedModel, source: EvalImages, picked: list[int], names: list[str]) -> _Subjects:
+    """The picked images through the one evaluation rule: their predictions, captions and frame colours."""
+    chosen = EvalImages(
+        [source.value(i) for i in picked], loaded.data_config, [source.labels[i] for i in picked], source.split
+    )
+    logits, _ok = model_logits(loaded.model, chosen, progress=False, desc="explain")  # the evaluation's predictions
+    conf, preds = logits.softmax(1).max(1)
+    x = torch.stack([chosen.pixels(i) for i in range(len(chosen))]).to(next(loaded.model.parameters()).device)
+    labels = chosen.labels
+    captions, colors = [], []
+    for i, label in enumerate(labels):
+        prediction = f"pred: {names[int(preds[i])]} ({float(conf[i]):.0%})"
+        captions.append(prediction if label < 0 else f"true: {names[label]}\n{prediction}")
+        colors.append(None if label < 0 else (RIGHT if label == int(preds[i]) else WRONG))
+    subject = "the image" if labels[0] < 0 else f"an image of {names[labels[0]]}"
+    shown = denormalize(x, loaded.data_config["mean"], loaded.data_config["std"])
+    return _Subjects(x, shown, preds, captions, colors, subject)
+
+
+def _draw_filters(model: nn.Module, subjects: _Subjects):
+    """filters.png: the first convolution's filters and their activation maps for the first image."""
+    conv_name, conv = first_conv(model)
+    activations = layer_output(model, conv_name, subjects.x[:1])
+    caption = subjects.captions[0].replace("\n", ", ")
+    return filters_figure(conv_name, conv, activations, subjects.shown[0], caption)
+
+
+def _draw_guided_backprop(loaded: LoadedModel, layer: str, subjects: _Subjects):
+    """guided_backprop.png: the top neurons of ``layer`` for the first image (plain gradients, said so, without
+    ``nn.ReLU`` activations)."""
+    model = loaded.model
+    others = non_relu_activations(model, layer)
+    neurons = top_neurons(layer_output(model, layer, subjects.x[:1]), NUM_NEURONS)
+    attrs = neuron_attributions(model, layer, subjects.x[:1], neurons, guided=True)
+    if others:
+        logger.warning(
+            "guided backprop needs nn.ReLU activations, but %s uses %s before %s: Captum falls back to plain "
+            "gradients there, so guided_backprop.png shows (mostly) plain gradients",
+            loaded.ref,
+            ", ".join(others),
+            layer,
+        )
+        title = (
+            f"Plain gradients, NOT guided ({', '.join(others)} instead of ReLU): {layer} neurons, {subjects.subject}"
+        )
+    else:
+        title = f"Guided backprop of {len(neurons)} {layer} (CONV5) neurons, {subjects.subject}"
+    image_title = f"input\n{subjects.captions[0]}"
+    return guided_backprop_figure(subjects.shown[0], attrs, neurons, layer, title, image_title=image_title)
+
+
+def _draw_attribution_maps(model: nn.Module, layer: str, subjects: _Subjects, integrated: bool) -> dict[str, Any]:
+    """gradcam.png (and integrated_gradients.png): heat maps for the predicted class over every image."""
+    target = subjects.preds.to(subjects.x.device)
+    cams = gradcam(model, layer, subjects.x, target)
+    shown, captions, colors = subjects.shown, subjects.captions, subjects.colors
+    title = f"Grad-CAM of {layer} for the predicted class"
+    figures = {"gradcam": overlay_figure(shown, cams, captions, colors, title)}
+    if integrated:
+        ig = integrated_gradients(model, subjects.x, target).abs().sum(1, keepdim=True)
+        title = "Integrated gradients (|attribution|, baseline: the mean colour)"
+        figures["integrated_gradients"] = overlay_figure(shown, ig, captions, colors, title)
+    return figures
+
+
 def explain(
     model_ref: str | LoadedModel,
     data_root: str | Path | None = None,
@@ -280,8 +368,9 @@ def explain(
     """Write filters.png, guided_backprop.png and gradcam.png (+ integrated_gradients.png) for test images, or for
     ``image_files`` (then no data is loaded and the pictures show predictions only).
 
-    The images and the predicted labels come from the one evaluation rule (:func:`inat_zoo.evaluate.model_logits`).
-    Returns ``{figure name: path}``.
+    The images and the predicted labels come from the one evaluation rule (:func:`inat_zoo.evaluation.model_logits`).
+    Returns ``{figure name: path}``. Raises UsageError for ``images < 1``, an unreadable ``image_files`` entry
+    (before the model loads), no readable test image, or a model without a convolution.
     """
     if images < 1:
         raise UsageError(f"--images must be at least 1, got {images}")
@@ -289,70 +378,16 @@ def explain(
         for path in image_files:
             read_image_file(path)  # named on the command line: must be readable, checked before the model loads
     loaded = model_ref if isinstance(model_ref, LoadedModel) else load_model(model_ref, device or default_device())
-    if image_files:
-        source = EvalImages([str(p) for p in image_files], loaded.data_config, split="images")
-        picked, names = list(range(len(source))), list(loaded.label_names)
-    else:
-        data = load_eval_data(loaded, data_root, "test")
-        source, names = data.images, data.class_names
-        picked = _readable(source, _pick_images(data.labels, len(data.labels)), images)
+    source, picked, names = _images_to_explain(loaded, data_root, images, image_files)
     folder = EXPLAIN_IMAGES_FOLDER if image_files else EXPLAIN_FOLDER
     out = Path(out_dir) if out_dir is not None else default_out_dir(loaded, folder)
     check_out_dir(out, EXPLAIN_FILES)
-    model = loaded.model
-    dev = next(model.parameters()).device
-    mean, std = loaded.data_config["mean"], loaded.data_config["std"]
 
-    chosen = EvalImages(
-        [source.value(i) for i in picked], loaded.data_config, [source.labels[i] for i in picked], source.split
-    )
-    logits, _ok = model_logits(model, chosen, progress=False, desc="explain")  # the evaluation's predictions
-    conf, preds = logits.softmax(1).max(1)
-    x = torch.stack([chosen.pixels(i) for i in range(len(chosen))]).to(dev)
-    labels = chosen.labels
-    shown = denormalize(x, mean, std)
-
-    def caption(i: int) -> str:
-        prediction = f"pred: {names[int(preds[i])]} ({float(conf[i]):.0%})"
-        return prediction if labels[i] < 0 else f"true: {names[labels[i]]}\n{prediction}"
-
-    def color(i: int) -> str | None:
-        return None if labels[i] < 0 else (RIGHT if labels[i] == int(preds[i]) else WRONG)
-
-    subject = "the image" if labels[0] < 0 else f"an image of {names[labels[0]]}"
-    figures: dict[str, Any] = {}
-    conv_name, conv = first_conv(model)
-    acts = layer_output(model, conv_name, x[:1])
-    figures["filters"] = filters_figure(conv_name, conv, acts, shown[0], caption(0).replace("\n", ", "))
-
-    layer = last_conv_block(model)
-    others = non_relu_activations(model, layer)
-    neurons = top_neurons(layer_output(model, layer, x[:1]), NUM_NEURONS)
-    attrs = neuron_attributions(model, layer, x[:1], neurons, guided=True)
-    if others:
-        logger.warning(
-            "guided backprop needs nn.ReLU activations, but %s uses %s before %s: Captum falls back to plain "
-            "gradients there, so guided_backprop.png shows (mostly) plain gradients",
-            loaded.ref,
-            ", ".join(others),
-            layer,
-        )
-        title = f"Plain gradients, NOT guided ({', '.join(others)} instead of ReLU): {layer} neurons, {subject}"
-    else:
-        title = f"Guided backprop of {len(neurons)} {layer} (CONV5) neurons, {subject}"
-    figures["guided_backprop"] = guided_backprop_figure(
-        shown[0], attrs, neurons, layer, title, image_title=f"input\n{caption(0)}"
-    )
-
-    cams = gradcam(model, layer, x, preds.to(dev))
-    titles = [caption(i) for i in range(len(chosen))]
-    colors = [color(i) for i in range(len(chosen))]
-    figures["gradcam"] = overlay_figure(shown, cams, titles, colors, f"Grad-CAM of {layer} for the predicted class")
-    if integrated:
-        ig = integrated_gradients(model, x, preds.to(dev)).abs().sum(1, keepdim=True)
-        figures["integrated_gradients"] = overlay_figure(
-            shown, ig, titles, colors, "Integrated gradients (|attribution|, baseline: the mean colour)"
-        )
+    subjects = _predict_subjects(loaded, source, picked, names)
+    figures: dict[str, Any] = {"filters": _draw_filters(loaded.model, subjects)}
+    layer = last_conv_block(loaded.model)
+    figures["guided_backprop"] = _draw_guided_backprop(loaded, layer, subjects)
+    figures.update(_draw_attribution_maps(loaded.model, layer, subjects, integrated))
 
     with atomic_directory(out, overwrite=True) as tmp:
         for name, fig in figures.items():

@@ -5,7 +5,7 @@ The metadata (``library_name: timm``, tags, license, datasets, ``base_model``, `
 The tags are set explicitly: timm's own card generator adds ``transformers``, which these models are not.
 
 Every number on the card names the evaluation it came from. The test numbers (accuracy, top-k, macro F1, loss, image
-count, in the text and in ``model-index``) all come from ONE result of :func:`inat_zoo.evaluate.evaluate_split`
+count, in the text and in ``model-index``) all come from ONE result of :func:`inat_zoo.evaluation.evaluate_split`
 (:func:`test_evaluation`): training's final test pass (``metrics.json``'s ``test`` block), or, for a run written
 before that pass computed macro F1, ``inat-zoo evaluate`` (``eval/metrics.json``). Accuracy and F1 are never taken
 from two different evaluations. The validation row is the training loop's own measurement at the best epoch.
@@ -24,6 +24,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .errors import UsageError
 from .hub_ids import hub_dataset_id
+from .recipe_schema import FreezeStrategy
 from .resources import bundled_path
 from .rundir import EVAL_FOLDER, METRICS_FILE, PUBLISHED_EVAL_METRICS_FILE, evaluate_test_metrics, trainer_test_metrics
 
@@ -305,6 +306,90 @@ def _eval_pictures_source(run: RunFiles) -> str:
     return text
 
 
+def _card_data(
+    run: RunFiles, repo_id: str, license: str, dataset: dict[str, Any], base_model: str | None
+) -> ModelCardData:
+    """The card's metadata: library, tags, license, datasets, base model and ``model-index``."""
+    # eval_results is looked up twice, as before the split (each look-up repeats test_evaluation's mismatch warning)
+    has_f1 = any(result.metric_type == "f1" for result in eval_results(run, dataset))
+    return ModelCardData(
+        library_name="timm",
+        pipeline_tag="image-classification",
+        tags=list(CARD_TAGS) + (["synthetic-data"] if dataset["synthetic"] else []),
+        license=license,
+        datasets=[dataset["hub_id"]] if dataset["hub_id"] else None,
+        base_model=base_model,
+        metrics=["accuracy"] + (["f1"] if has_f1 else []),
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results(run, dataset),
+    )
+
+
+def _freeze_explanation(freeze: str) -> str:
+    """One sentence on what a ``model.freeze`` strategy kept frozen ("" for one the recipe schema does not know)."""
+    try:
+        strategy = FreezeStrategy.parse(freeze)
+    except ValueError:
+        return ""
+    if strategy.kind == "until":
+        return (
+            f"Everything up to and including `{strategy.stage}` was frozen (pretrained weights and BatchNorm "
+            "statistics kept); the later stages and the head were trained."
+        )
+    return _FREEZE_TEXT[strategy.kind]
+
+
+def _result_images(run: RunFiles, eval_images: Sequence[str], curves: str | None) -> list[dict[str, str]]:
+    """The evaluation pictures (each naming the evaluation behind it), then the training curves."""
+    split = str((run.eval_metrics or {}).get("split", "test"))
+    pictures_source = _eval_pictures_source(run) if run.eval_metrics else None
+    images = [_image_entry(path, split, pictures_source) for path in _ordered(eval_images)]
+    if curves:
+        images.append({"title": "Training curves", "caption": "", "path": curves})
+    return images
+
+
+def _model_fields(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """The template's fields on the model itself: architecture, sizes and its input preprocessing."""
+    pretrained_cfg = config["pretrained_cfg"]
+    input_size = pretrained_cfg["input_size"]
+
+    def count(key: str) -> str:
+        return f"{metrics[key]:,}" if isinstance(metrics.get(key), int) else "–"
+
+    return {
+        "architecture": config["architecture"],
+        "num_classes": config["num_classes"],
+        "model_args": config.get("model_args") or {},
+        "params": count("params"),
+        "trainable_params": count("trainable_params"),
+        "input_size": f"{input_size[1]}x{input_size[2]}",
+        "mean": _fmt(list(pretrained_cfg["mean"])),
+        "std": _fmt(list(pretrained_cfg["std"])),
+        "interpolation": pretrained_cfg.get("interpolation", "bilinear"),
+        "crop_pct": _fmt(pretrained_cfg.get("crop_pct")),
+        "needs_inat_zoo": config["architecture"].startswith("inat_"),
+    }
+
+
+def _training_fields(run: RunFiles) -> dict[str, Any]:
+    """The template's fields on how the run was trained: freezing, hyperparameters, epochs, time, processes."""
+    recipe, metrics = run.recipe, run.metrics
+    model_recipe = recipe.get("model") or {}
+    freeze = str(model_recipe.get("freeze") or metrics.get("freeze") or "none")
+    return {
+        "freeze": freeze,
+        "freeze_explanation": _freeze_explanation(freeze),
+        "unfreeze": model_recipe.get("unfreeze") or [],
+        "hyperparameters": _hyperparameters(recipe, metrics),
+        "best_epoch": _fmt(metrics.get("best_epoch")),
+        "epochs": _fmt(metrics.get("epochs")),
+        "train_time": _duration(metrics.get("train_time_s")),
+        "world_size": _fmt(metrics.get("world_size", 1)),
+        "val_percent": _fmt(round(100 * float((recipe.get("data") or {}).get("val_fraction", 0.2)), 1)),
+    }
+
+
 def build_model_card(
     run: RunFiles,
     repo_id: str,
@@ -315,47 +400,20 @@ def build_model_card(
     curves: str | None = None,
     template: str | Path = CARD_TEMPLATE,
 ) -> ModelCard:
-    """Render the card of ``run`` as published under ``repo_id``; image paths are relative to the Hub folder."""
+    """Render the card of ``run`` as published under ``repo_id``; image paths are relative to the Hub folder.
+
+    Raises UsageError when ``template`` is not a file.
+    """
     from . import __version__
 
     if not Path(template).is_file():
         raise UsageError(f"model card template {template} not found")
-    config = run.config
-    pretrained_cfg = config["pretrained_cfg"]
-    recipe = run.recipe
-    model_recipe = recipe.get("model") or {}
-    metrics = run.metrics
-    architecture = config["architecture"]
     labels = run.label_names
-    dataset = dataset_info(labels, recipe)
-    base_model = base_model_id(recipe)
-    name = repo_id.split("/")[-1]
-    card_data = ModelCardData(
-        library_name="timm",
-        pipeline_tag="image-classification",
-        tags=list(CARD_TAGS) + (["synthetic-data"] if dataset["synthetic"] else []),
-        license=license,
-        datasets=[dataset["hub_id"]] if dataset["hub_id"] else None,
-        base_model=base_model,
-        metrics=["accuracy"] + (["f1"] if any(r.metric_type == "f1" for r in eval_results(run, dataset)) else []),
-        model_name=name,
-        eval_results=eval_results(run, dataset),
-    )
-    freeze = str(model_recipe.get("freeze") or metrics.get("freeze") or "none")
-    if freeze.startswith("until:"):
-        freeze_text = (
-            f"Everything up to and including `{freeze[6:]}` was frozen (pretrained weights and BatchNorm statistics "
-            "kept); the later stages and the head were trained."
-        )
-    else:
-        freeze_text = _FREEZE_TEXT.get(freeze, "")
+    dataset = dataset_info(labels, run.recipe)
+    base_model = base_model_id(run.recipe)
+    card_data = _card_data(run, repo_id, license, dataset, base_model)
+    training = _training_fields(run)
     results, notes = _results(run)
-    ev = run.eval_metrics or {}
-    pictures_source = _eval_pictures_source(run) if run.eval_metrics else None
-    result_images = [_image_entry(p, str(ev.get("split", "test")), pictures_source) for p in _ordered(eval_images)]
-    if curves:
-        result_images.append({"title": "Training curves", "caption": "", "path": curves})
-    input_size = pretrained_cfg["input_size"]
     return ModelCard.from_template(
         card_data,
         template_path=str(template),
@@ -364,38 +422,18 @@ def build_model_card(
         real_inat=tuple(labels) == INAT12K_CLASSES,
         dataset_title=dataset["title"],
         origin=f"inat_zoo {__version__}",
-        architecture=architecture,
-        num_classes=config["num_classes"],
-        model_args=config.get("model_args") or {},
-        params=f"{metrics['params']:,}" if isinstance(metrics.get("params"), int) else "–",
-        trainable_params=f"{metrics['trainable_params']:,}"
-        if isinstance(metrics.get("trainable_params"), int)
-        else "–",
-        input_size=f"{input_size[1]}x{input_size[2]}",
-        mean=_fmt(list(pretrained_cfg["mean"])),
-        std=_fmt(list(pretrained_cfg["std"])),
-        interpolation=pretrained_cfg.get("interpolation", "bilinear"),
-        crop_pct=_fmt(pretrained_cfg.get("crop_pct")),
         label_names=labels,
         base_model=base_model,
-        freeze=freeze,
-        freeze_explanation=freeze_text,
-        unfreeze=model_recipe.get("unfreeze") or [],
-        hyperparameters=_hyperparameters(recipe, metrics),
         results=results,
         test_source=notes["test_source"],
         test_rule=notes["test_rule"],
         absent_classes=notes["absent_classes"],
         skipped_images=notes["skipped"],
-        best_epoch=_fmt(metrics.get("best_epoch")),
-        epochs=_fmt(metrics.get("epochs")),
-        train_time=_duration(metrics.get("train_time_s")),
-        world_size=_fmt(metrics.get("world_size", 1)),
-        val_percent=_fmt(round(100 * float((recipe.get("data") or {}).get("val_fraction", 0.2)), 1)),
         test_samples=_fmt(notes.get("test_samples")),
-        result_images=result_images,
+        result_images=_result_images(run, eval_images, curves),
         explain_images=[_image_entry(p) for p in _ordered(explain_images)],
-        needs_inat_zoo=architecture.startswith("inat_"),
+        **_model_fields(run.config, run.metrics),
+        **training,
     )
 
 

@@ -65,18 +65,19 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
 
 
 def tile(images: Sequence[np.ndarray], cols: int, pad: int = 1, fill: float = 1.0) -> np.ndarray:
-    """Equal-sized images (H, W) or (H, W, 3) in a ``cols``-wide mosaic with ``pad`` pixels of ``fill`` between.
+    """Equal-sized images (H, W) or (H, W, 3) in a ``cols``-wide mosaic with ``pad`` pixels of ``fill`` between and
+    around them: float32 (rows * (H + pad) + pad, cols * (W + pad) + pad[, 3]), by ``torchvision.utils.make_grid``
+    (which leaves a single image as it is, without a border).
 
     One picture drawn in one axes instead of dozens of axes: grids of filters stay fast to render.
     """
-    first = np.asarray(images[0])
-    h, w = first.shape[:2]
-    rows = -(-len(images) // cols)
-    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, *first.shape[2:]), fill, dtype=np.float32)
-    for i, image in enumerate(images):
-        r, c = divmod(i, cols)
-        canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = image
-    return canvas
+    from torchvision.utils import make_grid
+
+    batch = torch.stack([torch.as_tensor(np.asarray(image, dtype=np.float32)) for image in images])
+    grey = batch.dim() == 3  # (N, H, W): make_grid repeats a single channel into three; one is kept
+    batch = batch.unsqueeze(1) if grey else batch.permute(0, 3, 1, 2)
+    grid = make_grid(batch, nrow=cols, padding=pad, pad_value=fill)
+    return (grid[0] if grey else grid.permute(1, 2, 0)).contiguous().numpy()
 
 
 def denormalize(pixel_values: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Top-k labels for image files (or folders of them) with any MODEL, through the one evaluation rule.
 
 Images are decoded and preprocessed exactly as ``inat-zoo evaluate`` and training's final test pass do
-(:func:`inat_zoo.evaluate.model_logits`: full-resolution decode with EXIF orientation, the model's timm evaluation
+(:func:`inat_zoo.evaluation.model_logits`: full-resolution decode with EXIF orientation, the model's timm evaluation
 transform, float32, the same batches), so a test image gets the same prediction here as in the evaluation.
 
 An image named on the command line that cannot be read stops the command with ``inat-zoo: error: <file>: <reason>``
@@ -60,7 +60,7 @@ def predict(
 
     ``images`` are files or folders; unreadable files inside folders are left out of the result (and warned about).
     """
-    from .evaluate import EVAL_BATCH_SIZE, EvalImages, default_device, model_logits
+    from .evaluation import EVAL_BATCH_SIZE, EvalImages, default_device, model_logits
 
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")

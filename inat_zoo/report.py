@@ -248,25 +248,13 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _ranks(values: Sequence[float]) -> list[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):  # ties share their mean rank
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2
-        i = j + 1
-    return ranks
+def _spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation of ``x`` and ``y`` (ties share their mean rank), by pandas' ``DataFrame.corr``
+    (which needs no scipy, unlike ``Series.corr``); None when either side is constant."""
+    import pandas as pd
 
-
-def _pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    mx, my = sum(x) / len(x), sum(y) / len(y)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
-    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
-    return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
+    value = float(pd.DataFrame({"x": x, "y": y}, dtype=float).corr(method="spearman").loc["x", "y"])
+    return None if math.isnan(value) else value
 
 
 def _correlation_ratio(groups: Sequence[Any], y: Sequence[float]) -> float | None:
@@ -294,7 +282,7 @@ def correlations(rows: Sequence[dict], varying: Sequence[str]) -> dict[str, floa
         if len({json.dumps(v, sort_keys=True, default=str) for v in values}) < 2:
             continue
         if all(_is_number(v) for v in values):
-            value = _pearson(_ranks(values), _ranks(y))
+            value = _spearman(values, y)
         else:
             value = _correlation_ratio(values, y)
         if value is not None:
