@@ -25,9 +25,9 @@ _CHECK_VERSION = 1
 
 def image_extensions() -> frozenset[str]:
     """The lower-case suffixes (with dot) that ``datasets``' imagefolder treats as images, so both agree."""
-    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+    from .library_compat import imagefolder_extensions
 
-    return frozenset("." + ext.lower().lstrip(".") for ext in ImageFolder.EXTENSIONS)
+    return frozenset("." + ext.lower().lstrip(".") for ext in imagefolder_extensions())
 
 
 def _is_hidden(path: Path) -> bool:

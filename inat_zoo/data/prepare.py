@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UsageError
 from .decode import decode_image
 from .imagefolder import with_rgb_images
+from .library_compat import dataset_fingerprint
 from .transforms import DEFAULT_CROP_PCT, decode_short_side
 
 if TYPE_CHECKING:
@@ -65,7 +66,9 @@ def prepare_split(
     # the raw {"bytes", "path"} values, without any format transform (load_inat12k's RGB decoder): _shrink_batch
     # decodes them itself, at reduced scale
     source = split.with_format(None).cast_column("image", datasets.Image(decode=False))
-    fingerprint = Hasher.hash(("inat_zoo.prepare", _FORMAT_VERSION, split._fingerprint, short_side, image_format))
+    fingerprint = Hasher.hash(
+        ("inat_zoo.prepare", _FORMAT_VERSION, dataset_fingerprint(split), short_side, image_format)
+    )
     features = source.features.copy()
     shrunk = source.map(
         _shrink_batch,
