@@ -39,7 +39,6 @@ from .atomic import atomic_write_bytes
 __all__ = [
     "FeatureCache",
     "HeadOnly",
-    "backbone_features",
     "extract_features",
     "feature_cut",
     "why_no_feature_cache",
@@ -115,12 +114,6 @@ def _cut(model: nn.Module, fmap: torch.Tensor, cut: str) -> torch.Tensor:
     if cut == "pre_logits":
         return model.forward_head(fmap, pre_logits=True)
     return model.head.global_pool(fmap)
-
-
-@torch.no_grad()
-def backbone_features(model: nn.Module, images: torch.Tensor, cut: str | None = None) -> torch.Tensor:
-    """The cached representation of ``images``: the frozen part of ``model`` up to the cut (no autograd state)."""
-    return _cut(model, model.forward_features(images), cut or feature_cut(model))
 
 
 def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

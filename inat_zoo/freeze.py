@@ -7,7 +7,7 @@ unmatched is the head (``fc`` for resnets, ``head.*`` for FlexibleCNN).
 
 Freezing uses :func:`timm.utils.freeze`: ``requires_grad=False`` on the parameters and BatchNorm swapped for
 ``FrozenBatchNorm2d``, so the running statistics stay put under ``model.train()``. Frozen BN keeps its affine
-weights as buffers (they leave ``model.parameters()``, which is why :func:`parameter_counts` adds them back), and
+weights as buffers (they leave ``model.parameters()``: a parameter count must add them back), and
 its state dict keys are those of ``BatchNorm2d``, so a frozen model saves and loads like an unfrozen one.
 
 Because frozen parameters do not require grad and the input images do not either, the frozen prefix of the network
@@ -25,7 +25,6 @@ from typing import Any
 import timm.utils
 import torch
 import torch.nn as nn
-from timm.layers.norm_act import FrozenBatchNorm2d, FrozenBatchNormAct2d  # torchvision's class when installed
 from timm.models._manipulate import group_with_matcher
 
 from .errors import UsageError
@@ -37,10 +36,7 @@ __all__ = [
     "apply_freeze",
     "check_schedule",
     "check_strategy",
-    "frozen_stages",
     "model_stages",
-    "parameter_counts",
-    "trainable_parameter_count",
     "trainable_parameters",
     "unfreeze",
 ]
@@ -265,30 +261,6 @@ def unfreeze(model: nn.Module, stage: str) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if p.requires_grad and n not in before]
 
 
-def frozen_stages(model: nn.Module) -> list[str]:
-    """Names of the stages with nothing left to train (parameters frozen, BatchNorm frozen), in forward order."""
-    params = dict(model.named_parameters())
-    out = []
-    for s in model_stages(model):
-        owned = [p for n, p in params.items() if any(n.startswith(m + ".") for m in s.modules) or n in s.loose]
-        if not any(p.requires_grad for p in owned):
-            out.append(s.name)
-    return out
-
-
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters an optimizer should get: frozen ones stay out of it."""
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def trainable_parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in trainable_parameters(model))
-
-
-def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(total, trainable) parameter counts; total includes the affine weights frozen BN keeps as buffers."""
-    total = sum(p.numel() for p in model.parameters())
-    for m in model.modules():
-        if isinstance(m, (FrozenBatchNorm2d, FrozenBatchNormAct2d)) and getattr(m, "affine", True):
-            total += m.weight.numel() + m.bias.numel()
-    return total, trainable_parameter_count(model)

@@ -16,12 +16,13 @@ import inat_zoo  # noqa: F401  (registers inat_flexible_cnn)
 from inat_zoo.feature_cache import (
     FeatureCache,
     HeadOnly,
-    backbone_features,
     extract_features,
     feature_cut,
     why_no_feature_cache,
 )
 from inat_zoo.freeze import apply_freeze, trainable_parameters
+
+from .model_helpers import backbone_features
 
 SIZE = 32
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -239,7 +238,3 @@ def download_inat12k(
     if not keep_archive:
         archive.unlink()
     return target
-
-
-def read_marker(target: Path) -> dict:
-    return json.loads((target / MARKER_NAME).read_text())
