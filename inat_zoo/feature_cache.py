@@ -107,6 +107,7 @@ class HeadOnly(nn.Module):
         self.train(model.training)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Cached ``features`` (as :func:`extract_features` returns them, batched) -> logits ``(B, num_classes)``."""
         return self.tail(self.drop(features))
 
 
@@ -158,6 +159,11 @@ def extract_features(
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (at :func:`feature_cut`) and labels of every sample of ``dataloader``, on the CPU.
+
+    Returns ``(features, labels)``: float32 ``(N, D)`` (``pre_logits``: the pooled vector; ``pooled``: the head's
+    pooled input, ``(N, C)``, or ``(N, C*h*w)`` for a flatten head) and the labels as the loader gives them
+    (``(N,)``, int64 for inat_zoo's loaders). Raises ValueError when the loader is empty or the model cannot use the
+    cache, TypeError for batches without images and labels, RuntimeError when the cut does not replay the head.
 
     The model runs in eval mode (restored afterwards) under ``no_grad``: feed it the evaluation transform.
     Batches are ``(images, labels, ...)`` tuples or dicts with ``pixel_values``/``image`` and ``label``/``labels``.

@@ -248,6 +248,7 @@ def check_schedule(model: nn.Module, strategy: str | FreezeStrategy, schedule: S
 
 def unfreeze(model: nn.Module, stage: str) -> list[nn.Parameter]:
     """Make ``stage`` trainable again (for the recipe's ``unfreeze`` schedule); returns the newly trainable parameters.
+    An unknown stage raises :class:`UsageError` listing this model's stages.
 
     Its ``FrozenBatchNorm2d`` layers turn back into ``BatchNorm2d`` with the frozen statistics (momentum resets to
     PyTorch's 0.1 default, as in :func:`timm.utils.unfreeze`). Those BN weights are NEW parameter objects: add the
@@ -262,5 +263,6 @@ def unfreeze(model: nn.Module, stage: str) -> list[nn.Parameter]:
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters an optimizer should get: frozen ones stay out of it."""
+    """The parameters an optimizer should get (``requires_grad``, in ``model.parameters()`` order): frozen ones stay
+    out of it."""
     return [p for p in model.parameters() if p.requires_grad]

@@ -45,6 +45,7 @@ def default_data_dir() -> Path:
 
 
 def is_complete(target: Path) -> bool:
+    """Whether ``target`` holds a finished extraction (its marker file is written last)."""
     return (target / MARKER_NAME).is_file()
 
 
@@ -126,6 +127,7 @@ def _download(url: str, archive: Path, size: int | None, retries: int, progress:
 
 
 def sha256_of(path: Path, progress: bool = True) -> str:
+    """The SHA-256 of the file at ``path`` as 64 hex digits, read in chunks (a progress bar when ``progress``)."""
     from tqdm.auto import tqdm
 
     digest = hashlib.sha256()

@@ -58,6 +58,11 @@ def _default_num_proc(rows: int) -> int | None:
 def prepare_split(
     split: datasets.Dataset, short_side: int, num_proc: int | None = None, image_format: str = "raw", desc: str = ""
 ) -> datasets.Dataset:
+    """One split of :func:`prepare_dataset` (``short_side`` in pixels); raises UsageError without an ``image`` column.
+
+    The result is cached by ``datasets`` under a fingerprint of (the split's fingerprint, short side, format,
+    ``_FORMAT_VERSION``), so the same call in a later process loads it instead of resizing again.
+    """
     import datasets
     from datasets.fingerprint import Hasher
 

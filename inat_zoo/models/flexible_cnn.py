@@ -60,6 +60,7 @@ def resolve_filters(filters: int | Sequence[int], filter_org: str = "same") -> l
 
 
 def resolve_act_layer(act_layer: str | type[nn.Module]) -> type[nn.Module]:
+    """The activation class for a timm activation name (a class passes through); ValueError for an unknown name."""
     if not isinstance(act_layer, str):
         return act_layer
     if act_layer not in _ACT_LAYER_DEFAULT:
@@ -252,8 +253,9 @@ class FlexibleCNN(nn.Module):
             in_chans: input channels.
             num_classes: classifier outputs (0 removes the classifier).
 
-        Input ``(B, in_chans, H, W)`` float images; output ``(B, num_classes)`` logits (``(B, C, H/32, W/32)``
-        with ``global_pool=''``). Raises ValueError for an invalid argument (message names it and what it takes).
+        Input ``(B, in_chans, H, W)`` float images; output ``(B, num_classes)`` float logits
+        (``(B, num_classes, H/32, W/32)`` with ``global_pool=''``). Raises ValueError for an invalid argument (the
+        message names it and what it takes).
         """
         dd = {"device": device, "dtype": dtype}
         super().__init__()
