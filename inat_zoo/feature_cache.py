@@ -22,24 +22,17 @@ whose ``forward_head`` does more than this (e.g. a ViT's token pooling) fails lo
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import os
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from .atomic import atomic_write_bytes
-
 __all__ = [
     "FeatureCache",
     "HeadOnly",
-    "backbone_features",
     "extract_features",
     "feature_cut",
     "why_no_feature_cache",
@@ -108,6 +101,7 @@ class HeadOnly(nn.Module):
         self.train(model.training)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Cached ``features`` (as :func:`extract_features` returns them, batched) -> logits ``(B, num_classes)``."""
         return self.tail(self.drop(features))
 
 
@@ -115,12 +109,6 @@ def _cut(model: nn.Module, fmap: torch.Tensor, cut: str) -> torch.Tensor:
     if cut == "pre_logits":
         return model.forward_head(fmap, pre_logits=True)
     return model.head.global_pool(fmap)
-
-
-@torch.no_grad()
-def backbone_features(model: nn.Module, images: torch.Tensor, cut: str | None = None) -> torch.Tensor:
-    """The cached representation of ``images``: the frozen part of ``model`` up to the cut (no autograd state)."""
-    return _cut(model, model.forward_features(images), cut or feature_cut(model))
 
 
 def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,6 +154,11 @@ def extract_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (at :func:`feature_cut`) and labels of every sample of ``dataloader``, on the CPU.
 
+    Returns ``(features, labels)``: float32 ``(N, D)`` (``pre_logits``: the pooled vector; ``pooled``: the head's
+    pooled input, ``(N, C)``, or ``(N, C*h*w)`` for a flatten head) and the labels as the loader gives them
+    (``(N,)``, int64 for inat_zoo's loaders). Raises ValueError when the loader is empty or the model cannot use the
+    cache, TypeError for batches without images and labels, RuntimeError when the cut does not replay the head.
+
     The model runs in eval mode (restored afterwards) under ``no_grad``: feed it the evaluation transform.
     Batches are ``(images, labels, ...)`` tuples or dicts with ``pixel_values``/``image`` and ``label``/``labels``.
 
@@ -210,75 +203,21 @@ def _check_cut(model: nn.Module, head: HeadOnly, fmap: torch.Tensor, feats: torc
         )
 
 
-def _fingerprint(model: nn.Module, key: str) -> str:
-    """What the cached features depend on: the weights and statistics before the cut, the cut, the caller's key."""
-    head = HeadOnly(model)
-    h = hashlib.sha256(f"{key}\0{head.cut}".encode())
-    skip = {id(t) for t in list(head.parameters()) + list(head.buffers())}  # the head trains: not a dependency
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if id(t) in skip:
-            continue
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 class FeatureCache:
-    """Features per split, computed once and kept in memory; with ``directory``, also kept on disk.
+    """Features per split, computed once per run and kept in memory (the trainer's head-only path).
 
-    ``key`` names what else the features depend on (dataset root, transform, image size: e.g. a hash of the
-    recipe's ``data`` and ``model`` sections). A file is trusted only when its fingerprint (key + frozen weights)
-    matches; it is written atomically by the main process, so a killed run never leaves a half-written cache.
+    ``FeatureCache(model).get(split, dataloader)`` extracts the split on first use (:func:`extract_features`) and
+    returns the same ``TensorDataset(features, labels)`` after that.
     """
 
-    def __init__(self, model: nn.Module, directory: str | os.PathLike | None = None, key: str = ""):
+    def __init__(self, model: nn.Module):
         self.model = model
-        self.directory = Path(directory) if directory is not None else None
-        self.key = key
         self._splits: dict[str, TensorDataset] = {}
-        self._fingerprint: str | None = None
-
-    @property
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            self._fingerprint = _fingerprint(self.model, self.key)
-        return self._fingerprint
-
-    def path(self, split: str) -> Path | None:
-        return None if self.directory is None else self.directory / f"{split}.safetensors"
 
     def get(self, split: str, dataloader: Iterable, accelerator=None, *, progress: bool = True) -> TensorDataset:
-        """The split's ``TensorDataset(features, labels)``: from memory, else a valid file, else extracted now."""
-        if split in self._splits:
-            return self._splits[split]
-        data = self._load(split)
-        if data is None:
+        """The split's ``TensorDataset(features, labels)`` (shapes: :func:`extract_features`): from memory, else
+        extracted now through ``dataloader`` (and ``accelerator``, which gathers every rank's shard)."""
+        if split not in self._splits:
             data = extract_features(self.model, dataloader, accelerator, desc=f"{split} features", progress=progress)
-            self._save(split, data, accelerator)
-        self._splits[split] = TensorDataset(*data)
+            self._splits[split] = TensorDataset(*data)
         return self._splits[split]
-
-    def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        path = self.path(split)
-        if path is None or not path.is_file():
-            return None
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("fingerprint") != self.fingerprint:
-                return None
-            return f.get_tensor("features"), f.get_tensor("labels")
-
-    def _save(self, split: str, data: tuple[torch.Tensor, torch.Tensor], accelerator=None) -> None:
-        path = self.path(split)
-        if path is None:
-            return
-        if accelerator is None or accelerator.is_main_process:
-            from safetensors.torch import save
-
-            meta = {"fingerprint": self.fingerprint, "split": split, "info": json.dumps({"key": self.key})}
-            blob = save({"features": data[0].contiguous(), "labels": data[1].contiguous()}, metadata=meta)
-            atomic_write_bytes(path, blob)
-        if accelerator is not None:
-            accelerator.wait_for_everyone()

@@ -7,7 +7,7 @@ unmatched is the head (``fc`` for resnets, ``head.*`` for FlexibleCNN).
 
 Freezing uses :func:`timm.utils.freeze`: ``requires_grad=False`` on the parameters and BatchNorm swapped for
 ``FrozenBatchNorm2d``, so the running statistics stay put under ``model.train()``. Frozen BN keeps its affine
-weights as buffers (they leave ``model.parameters()``, which is why :func:`parameter_counts` adds them back), and
+weights as buffers (they leave ``model.parameters()``: a parameter count must add them back), and
 its state dict keys are those of ``BatchNorm2d``, so a frozen model saves and loads like an unfrozen one.
 
 Because frozen parameters do not require grad and the input images do not either, the frozen prefix of the network
@@ -25,10 +25,10 @@ from typing import Any
 import timm.utils
 import torch
 import torch.nn as nn
-from timm.layers.norm_act import FrozenBatchNorm2d, FrozenBatchNormAct2d  # torchvision's class when installed
 from timm.models._manipulate import group_with_matcher
 
 from .errors import UsageError
+from .recipe_schema import FreezeStrategy
 
 __all__ = [
     "STRATEGY_HELP",
@@ -36,16 +36,12 @@ __all__ = [
     "apply_freeze",
     "check_schedule",
     "check_strategy",
-    "frozen_stages",
     "model_stages",
-    "parameter_counts",
-    "trainable_parameter_count",
     "trainable_parameters",
     "unfreeze",
 ]
 
 STRATEGY_HELP = "none, head or until:<stage> (e.g. until:layer3 for resnets, until:stages.2 for FlexibleCNN)"
-_STRATEGY_RE = re.compile(r"^(none|head|until:(?P<stage>\S+))$")
 _HEAD = "head"
 
 
@@ -66,12 +62,22 @@ class Stage:
         return self.names[0]
 
 
-def check_strategy(strategy: str) -> str | None:
-    """Check the syntax of a strategy without a model; returns the stage of ``until:<stage>`` (else None)."""
-    match = _STRATEGY_RE.match(strategy) if isinstance(strategy, str) else None
-    if match is None:
-        raise UsageError(f"unknown freeze strategy {strategy!r}; use {STRATEGY_HELP}")
-    return match.group("stage")
+def _parse_strategy(strategy: str | FreezeStrategy) -> FreezeStrategy:
+    """The strategy as the recipe schema's :class:`FreezeStrategy` (the one parser of the grammar)."""
+    if isinstance(strategy, FreezeStrategy):
+        return strategy
+    try:
+        return FreezeStrategy.parse(strategy)
+    except ValueError:
+        raise UsageError(f"unknown freeze strategy {strategy!r}; use {STRATEGY_HELP}") from None
+
+
+def check_strategy(strategy: str | FreezeStrategy) -> str | None:
+    """Check the syntax of a strategy without a model; returns the stage of ``until:<stage>`` (else None).
+
+    Raises :class:`UsageError` for anything but ``none``, ``head`` or ``until:<stage>``.
+    """
+    return _parse_strategy(strategy).stage
 
 
 def _state_names(model: nn.Module) -> list[str]:
@@ -182,8 +188,20 @@ def _set(model: nn.Module, stages: Iterable[Stage], mode: str) -> None:
         params[n].requires_grad_(mode != "freeze")
 
 
-def apply_freeze(model: nn.Module, strategy: str) -> nn.Module:
-    """Freeze ``model`` in place by ``strategy`` and return it (the same object).
+def _frozen_prefix(model: nn.Module, strategy: FreezeStrategy) -> tuple[list[Stage], int]:
+    """The model's stages and how many of them (from the first) ``strategy`` freezes; no stages for ``none``."""
+    if strategy.kind == "none":
+        return [], 0
+    stages = model_stages(model)
+    if strategy.kind == _HEAD:
+        if stages[-1].name != _HEAD:
+            raise UsageError(f"model {type(model).__name__} has no head group (its group_matcher matches everything)")
+        return stages, len(stages) - 1
+    return stages, _stage_index(stages, strategy.stage, f"freeze strategy {str(strategy)!r}") + 1
+
+
+def apply_freeze(model: nn.Module, strategy: str | FreezeStrategy) -> nn.Module:
+    """Freeze ``model`` in place by ``strategy`` (text or the recipe's parsed value) and return it (the same object).
 
     - ``none``: nothing changes.
     - ``head``: only the head trains (what the group matcher leaves unmatched: ``fc``, FlexibleCNN's ``head.*``).
@@ -195,41 +213,23 @@ def apply_freeze(model: nn.Module, strategy: str) -> nn.Module:
     It only ever freezes (calling it again is harmless); :func:`unfreeze` undoes a stage. An unknown strategy or
     stage raises :class:`UsageError` listing this model's stages; the model is then left untouched.
     """
-    stage = check_strategy(strategy)
-    if strategy == "none":
-        return model
-    stages = model_stages(model)
-    if strategy == _HEAD:
-        if stages[-1].name != _HEAD:
-            raise UsageError(f"model {type(model).__name__} has no head group (its group_matcher matches everything)")
-        _set(model, stages[:-1], "freeze")
-    else:
-        _set(model, stages[: _stage_index(stages, stage, f"freeze strategy {strategy!r}") + 1], "freeze")
+    stages, frozen = _frozen_prefix(model, _parse_strategy(strategy))
+    if frozen:
+        _set(model, stages[:frozen], "freeze")
     return model
 
 
-def check_schedule(model: nn.Module, strategy: str, schedule: Sequence[Mapping[str, Any]]) -> None:
+def check_schedule(model: nn.Module, strategy: str | FreezeStrategy, schedule: Sequence[Mapping[str, Any]]) -> None:
     """Resolve a freeze strategy and an unfreeze schedule (``[{"epoch": 3, "stage": "layer3"}, ...]``) against
     ``model`` without changing it, so a recipe's mistakes surface before training starts. Works on a model built
     on the meta device.
 
-    Raises :class:`UsageError` (naming this model's stages) for an unknown stage in the strategy or the schedule, a
-    scheduled stage the strategy does not freeze (unfreezing it would do nothing), and a stage scheduled twice
-    (also under another of its names, e.g. ``stem`` and ``stages.0``).
+    Raises :class:`UsageError` (naming this model's stages) for a malformed strategy, an unknown stage in the
+    strategy or the schedule, a scheduled stage the strategy does not freeze (unfreezing it would do nothing), and a
+    stage scheduled twice (also under another of its names, e.g. ``stem`` and ``stages.0``).
     """
-    stage = check_strategy(strategy)
-    if strategy == "none":
-        frozen = 0
-    else:
-        stages = model_stages(model)
-        if strategy == _HEAD:
-            if stages[-1].name != _HEAD:
-                raise UsageError(
-                    f"model {type(model).__name__} has no head group (its group_matcher matches everything)"
-                )
-            frozen = len(stages) - 1
-        else:
-            frozen = _stage_index(stages, stage, f"freeze strategy {strategy!r}") + 1
+    parsed = _parse_strategy(strategy)
+    stages, frozen = _frozen_prefix(model, parsed)
     scheduled: dict[int, str] = {}
     for item in schedule:
         where = f"model.unfreeze at epoch {item['epoch']}"
@@ -238,7 +238,7 @@ def check_schedule(model: nn.Module, strategy: str, schedule: Sequence[Mapping[s
         index = _stage_index(stages, item["stage"], where)
         if index >= frozen:
             raise UsageError(
-                f"{where}: stage {item['stage']!r} is not frozen by model.freeze {strategy!r} (it freezes "
+                f"{where}: stage {item['stage']!r} is not frozen by model.freeze {str(parsed)!r} (it freezes "
                 f"{', '.join(s.name for s in stages[:frozen])}), so unfreezing it would do nothing"
             )
         if index in scheduled:
@@ -248,6 +248,7 @@ def check_schedule(model: nn.Module, strategy: str, schedule: Sequence[Mapping[s
 
 def unfreeze(model: nn.Module, stage: str) -> list[nn.Parameter]:
     """Make ``stage`` trainable again (for the recipe's ``unfreeze`` schedule); returns the newly trainable parameters.
+    An unknown stage raises :class:`UsageError` listing this model's stages.
 
     Its ``FrozenBatchNorm2d`` layers turn back into ``BatchNorm2d`` with the frozen statistics (momentum resets to
     PyTorch's 0.1 default, as in :func:`timm.utils.unfreeze`). Those BN weights are NEW parameter objects: add the
@@ -261,30 +262,7 @@ def unfreeze(model: nn.Module, stage: str) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if p.requires_grad and n not in before]
 
 
-def frozen_stages(model: nn.Module) -> list[str]:
-    """Names of the stages with nothing left to train (parameters frozen, BatchNorm frozen), in forward order."""
-    params = dict(model.named_parameters())
-    out = []
-    for s in model_stages(model):
-        owned = [p for n, p in params.items() if any(n.startswith(m + ".") for m in s.modules) or n in s.loose]
-        if not any(p.requires_grad for p in owned):
-            out.append(s.name)
-    return out
-
-
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters an optimizer should get: frozen ones stay out of it."""
+    """The parameters an optimizer should get (``requires_grad``, in ``model.parameters()`` order): frozen ones stay
+    out of it."""
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def trainable_parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in trainable_parameters(model))
-
-
-def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(total, trainable) parameter counts; total includes the affine weights frozen BN keeps as buffers."""
-    total = sum(p.numel() for p in model.parameters())
-    for m in model.modules():
-        if isinstance(m, (FrozenBatchNorm2d, FrozenBatchNormAct2d)) and getattr(m, "affine", True):
-            total += m.weight.numel() + m.bias.numel()
-    return total, trainable_parameter_count(model)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
 from PIL import Image
+
+from inat_zoo.data.download import MARKER_NAME
 
 
 def copy_subset(sample_root: Path, dest: Path, classes: int = 3, train: int = 4, val: int = 2) -> Path:
@@ -42,3 +45,8 @@ def add_bad_files(root: Path, class_name: str) -> dict[str, Path]:
     (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (folder / "notes.txt").write_text("not an image, not an image extension\n")
     return bad
+
+
+def read_marker(target: Path) -> dict:
+    """The download marker ``download_inat12k`` leaves in ``target`` (url, size, sha256)."""
+    return json.loads((target / MARKER_NAME).read_text())

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from inat_zoo.cli import main
-from inat_zoo.data.download import MARKER_NAME, download_inat12k, read_marker
+from inat_zoo.data.download import MARKER_NAME, download_inat12k
 from inat_zoo.errors import UsageError
+
+from .data_helpers import read_marker
 
 
 class _Handler(BaseHTTPRequestHandler):

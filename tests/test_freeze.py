@@ -17,13 +17,12 @@ from inat_zoo.freeze import (
     apply_freeze,
     check_schedule,
     check_strategy,
-    frozen_stages,
     model_stages,
-    parameter_counts,
-    trainable_parameter_count,
     trainable_parameters,
     unfreeze,
 )
+
+from .model_helpers import frozen_stages, parameter_counts, trainable_parameter_count
 
 RESNET_STAGES = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
 FLEX_STAGES = ["stages.0", "stages.1", "stages.2", "stages.3", "stages.4", "head"]

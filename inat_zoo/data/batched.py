@@ -43,17 +43,17 @@ def _blend(x: torch.Tensor, other: torch.Tensor | float, factor: torch.Tensor) -
 
 
 def _new_batch(shape: tuple[int, ...]) -> torch.Tensor:
-    """An empty float32 batch; in a DataLoader worker it lives in shared memory from the start, as the default
-    collate's batches do, so handing it to the main process costs no copy."""
-    import math
+    """An empty float32 batch of ``shape`` (B, C, H, W); in a DataLoader worker it lives in shared memory, as the
+    default collate's batches do, so handing it to the main process costs no copy.
 
+    ``share_memory_()`` (public) moves the fresh, never-touched storage into shared memory: its one copy reads
+    untouched zero pages, ~0.4 ms for a 32x3x224x224 batch (measured against torch's private ``_new_shared``,
+    which the default collate uses)."""
     import torch
     from torch.utils.data import get_worker_info
 
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.float32)
-    elem = torch.empty(0, dtype=torch.float32)
-    return elem.new(elem._typed_storage()._new_shared(math.prod(shape))).view(shape)
+    batch = torch.empty(shape, dtype=torch.float32)
+    return batch if get_worker_info() is None else batch.share_memory_()
 
 
 class BatchColorJitter:

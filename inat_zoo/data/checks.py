@@ -25,9 +25,9 @@ _CHECK_VERSION = 1
 
 def image_extensions() -> frozenset[str]:
     """The lower-case suffixes (with dot) that ``datasets``' imagefolder treats as images, so both agree."""
-    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+    from .library_compat import imagefolder_extensions
 
-    return frozenset("." + ext.lower().lstrip(".") for ext in ImageFolder.EXTENSIONS)
+    return frozenset("." + ext.lower().lstrip(".") for ext in imagefolder_extensions())
 
 
 def _is_hidden(path: Path) -> bool:
@@ -77,6 +77,7 @@ def scan_split(folder: Path, extensions: frozenset[str]) -> SplitScan:
 
 
 def find_test_folder(root: Path) -> Path | None:
+    """``root/val`` (nature_12K's name for its test set) or ``root/test``, whichever exists first; else None."""
     for name in TEST_DIRS:
         if (root / name).is_dir():
             return root / name
@@ -171,6 +172,7 @@ def find_bad_files(
 
 
 def format_paths(paths: Iterable[Path], limit: int = 20) -> str:
+    """The sorted ``paths`` comma-separated for one message line, the first ``limit`` shown and the rest counted."""
     paths = sorted(str(p) for p in paths)
     shown = ", ".join(paths[:limit])
     return shown + (f" ... and {len(paths) - limit} more" if len(paths) > limit else "")

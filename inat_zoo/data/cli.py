@@ -9,6 +9,7 @@ from ..errors import UsageError
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the ``inat-zoo data`` actions (download, sample, prepare, check) and their options to ``parser``."""
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(parser))
     sub.required = True
 
@@ -107,5 +108,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Run the parsed ``inat-zoo data`` action; returns the exit status (user mistakes raise UsageError)."""
     handlers = {"download": _download, "sample": _sample, "prepare": _prepare, "check": _check}
     return handlers[args.data_command](args)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -46,6 +45,7 @@ def default_data_dir() -> Path:
 
 
 def is_complete(target: Path) -> bool:
+    """Whether ``target`` holds a finished extraction (its marker file is written last)."""
     return (target / MARKER_NAME).is_file()
 
 
@@ -127,6 +127,7 @@ def _download(url: str, archive: Path, size: int | None, retries: int, progress:
 
 
 def sha256_of(path: Path, progress: bool = True) -> str:
+    """The SHA-256 of the file at ``path`` as 64 hex digits, read in chunks (a progress bar when ``progress``)."""
     from tqdm.auto import tqdm
 
     digest = hashlib.sha256()
@@ -239,7 +240,3 @@ def download_inat12k(
     if not keep_archive:
         archive.unlink()
     return target
-
-
-def read_marker(target: Path) -> dict:
-    return json.loads((target / MARKER_NAME).read_text())

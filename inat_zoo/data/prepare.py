@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UsageError
 from .decode import decode_image
 from .imagefolder import with_rgb_images
+from .library_compat import dataset_fingerprint
 from .transforms import DEFAULT_CROP_PCT, decode_short_side
 
 if TYPE_CHECKING:
@@ -57,6 +58,11 @@ def _default_num_proc(rows: int) -> int | None:
 def prepare_split(
     split: datasets.Dataset, short_side: int, num_proc: int | None = None, image_format: str = "raw", desc: str = ""
 ) -> datasets.Dataset:
+    """One split of :func:`prepare_dataset` (``short_side`` in pixels); raises UsageError without an ``image`` column.
+
+    The result is cached by ``datasets`` under a fingerprint of (the split's fingerprint, short side, format,
+    ``_FORMAT_VERSION``), so the same call in a later process loads it instead of resizing again.
+    """
     import datasets
     from datasets.fingerprint import Hasher
 
@@ -65,7 +71,9 @@ def prepare_split(
     # the raw {"bytes", "path"} values, without any format transform (load_inat12k's RGB decoder): _shrink_batch
     # decodes them itself, at reduced scale
     source = split.with_format(None).cast_column("image", datasets.Image(decode=False))
-    fingerprint = Hasher.hash(("inat_zoo.prepare", _FORMAT_VERSION, split._fingerprint, short_side, image_format))
+    fingerprint = Hasher.hash(
+        ("inat_zoo.prepare", _FORMAT_VERSION, dataset_fingerprint(split), short_side, image_format)
+    )
     features = source.features.copy()
     shrunk = source.map(
         _shrink_batch,

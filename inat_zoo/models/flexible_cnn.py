@@ -60,12 +60,41 @@ def resolve_filters(filters: int | Sequence[int], filter_org: str = "same") -> l
 
 
 def resolve_act_layer(act_layer: str | type[nn.Module]) -> type[nn.Module]:
+    """The activation class for a timm activation name (a class passes through); ValueError for an unknown name."""
     if not isinstance(act_layer, str):
         return act_layer
     if act_layer not in _ACT_LAYER_DEFAULT:
         allowed = ", ".join(sorted(_ACT_LAYER_DEFAULT))
         raise ValueError(f"unknown act_layer {act_layer!r}; timm activations are: {allowed}")
     return get_act_layer(act_layer)
+
+
+def _resolve_kernels(kernel_size: int | Sequence[int]) -> list[int]:
+    """Kernel size of each block; raises ValueError unless each is an odd positive int."""
+    kernels = _as_five(kernel_size, "kernel_size")
+    if any(k < 1 or k % 2 == 0 for k in kernels):
+        raise ValueError(f"kernel sizes must be odd positive ints (3, 5, 7, ...), got {kernels}")
+    return kernels
+
+
+def _head_feat_size(global_pool: str, img_size: int | Sequence[int], dense_size: int) -> tuple[int, int]:
+    """The head's input feature-map size (H, W) in cells: ``img_size`` over the 5 poolings' reduction of 32.
+
+    Raises ValueError for an unknown ``global_pool``, a ``flatten`` head whose ``img_size`` is not divisible by 32,
+    and a non-positive ``dense_size``.
+    """
+    if global_pool not in POOL_TYPES:
+        raise ValueError(f"global_pool must be one of avg, max, flatten, '' (none), got {global_pool!r}")
+    img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    reduction = 2**NUM_BLOCKS
+    if global_pool == "flatten" and (len(img_hw) != 2 or any(s < reduction or s % reduction for s in img_hw)):
+        raise ValueError(
+            f"global_pool='flatten' needs img_size divisible by {reduction} (5 poolings), e.g. 224 or 256;"
+            f" got {img_size!r}"
+        )
+    if dense_size < 1:
+        raise ValueError(f"dense_size must be a positive int, got {dense_size}")
+    return img_hw[0] // reduction, img_hw[1] // reduction
 
 
 class ConvBlock(nn.Module):
@@ -170,6 +199,25 @@ class FlexibleHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
+def _make_stages(
+    in_chans: int,
+    chs: list[int],
+    kernels: list[int],
+    act: type[nn.Module],
+    batch_norm: bool,
+    conv_drop_rate: float,
+    dd: dict[str, Any],
+) -> tuple[nn.Sequential, list[dict[str, Any]]]:
+    """The five conv blocks (``stages.0`` .. ``stages.4``) and their timm ``feature_info`` (channels, reduction)."""
+    stages, feature_info = [], []
+    prev_chs = in_chans
+    for i, (out_chs, k) in enumerate(zip(chs, kernels, strict=True)):
+        stages.append(ConvBlock(prev_chs, out_chs, k, act, batch_norm, conv_drop_rate, **dd))
+        prev_chs = out_chs
+        feature_info.append(dict(num_chs=out_chs, reduction=2 ** (i + 1), module=f"stages.{i}"))
+    return nn.Sequential(*stages), feature_info
+
+
 class FlexibleCNN(nn.Module):
     """Five conv blocks and an MLP head, every part configurable (see the module docstring)."""
 
@@ -204,44 +252,26 @@ class FlexibleCNN(nn.Module):
             img_size: input size, used by the ``flatten`` head (must be divisible by 32).
             in_chans: input channels.
             num_classes: classifier outputs (0 removes the classifier).
+
+        Input ``(B, in_chans, H, W)`` float images; output ``(B, num_classes)`` float logits
+        (``(B, num_classes, H/32, W/32)`` with ``global_pool=''``). Raises ValueError for an invalid argument (the
+        message names it and what it takes).
         """
         dd = {"device": device, "dtype": dtype}
         super().__init__()
         chs = resolve_filters(filters, filter_org)
-        kernels = _as_five(kernel_size, "kernel_size")
-        if any(k < 1 or k % 2 == 0 for k in kernels):
-            raise ValueError(f"kernel sizes must be odd positive ints (3, 5, 7, ...), got {kernels}")
+        kernels = _resolve_kernels(kernel_size)
         act = resolve_act_layer(act_layer)
-        if global_pool not in POOL_TYPES:
-            raise ValueError(f"global_pool must be one of avg, max, flatten, '' (none), got {global_pool!r}")
-        img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        reduction = 2**NUM_BLOCKS
-        if global_pool == "flatten" and (len(img_hw) != 2 or any(s < reduction or s % reduction for s in img_hw)):
-            raise ValueError(
-                f"global_pool='flatten' needs img_size divisible by {reduction} (5 poolings), e.g. 224 or 256;"
-                f" got {img_size!r}"
-            )
-        if dense_size < 1:
-            raise ValueError(f"dense_size must be a positive int, got {dense_size}")
+        feat_size = _head_feat_size(global_pool, img_size, dense_size)
 
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        self.feature_info = []
-
-        stages = []
-        prev_chs = in_chans
-        for i, (out_chs, k) in enumerate(zip(chs, kernels, strict=True)):
-            stages.append(ConvBlock(prev_chs, out_chs, k, act, batch_norm, conv_drop_rate, **dd))
-            prev_chs = out_chs
-            self.feature_info.append(dict(num_chs=out_chs, reduction=2 ** (i + 1), module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-
-        self.num_features = prev_chs
+        self.stages, self.feature_info = _make_stages(in_chans, chs, kernels, act, batch_norm, conv_drop_rate, dd)
+        self.num_features = chs[-1]
         self.head_hidden_size = dense_size
-        feat_size = (img_hw[0] // reduction, img_hw[1] // reduction)
-        self.head = FlexibleHead(prev_chs, feat_size, num_classes, dense_size, global_pool, act, drop_rate, **dd)
+        self.head = FlexibleHead(chs[-1], feat_size, num_classes, dense_size, global_pool, act, drop_rate, **dd)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

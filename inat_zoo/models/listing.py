@@ -27,10 +27,12 @@ def list_inat_models() -> list[dict]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add ``inat-zoo models``' options (``--json``) to ``parser``."""
     parser.add_argument("--json", action="store_true", help="print a JSON list")
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Print the inat_* timm models (name, parameter count, input size) as a table or JSON; returns 0."""
     rows = list_inat_models()
     if args.json:
         print(json.dumps(rows, indent=2))
