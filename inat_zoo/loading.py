@@ -9,7 +9,6 @@ adds clear errors, the label names and the run directory (for its recipe and its
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,14 +106,13 @@ def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
 
 
 def _label_names(model: torch.nn.Module, name: str) -> list[str]:
-    """config.json's ``label_names`` (timm copies them into pretrained_cfg), ImageNet names, else ``class_<i>``."""
+    """``model.pretrained_cfg["label_names"]`` (timm copies config.json's ``label_names`` there for ``local-dir:`` and
+    ``hf-hub:`` models), ImageNet names for a timm name's own weights, else ``class_<i>``.
+
+    Raises UsageError when the names do not match the model's number of outputs."""
     num_classes = int(model.num_classes)
-    names: Any = None
-    source, model_id = parse_model_name(name)
-    if source == "local-dir":
-        names = json.loads((Path(model_id) / "config.json").read_text()).get("label_names")
-    if not names:
-        names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+    source, _model_id = parse_model_name(name)
+    names: Any = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
     if not names and source is None:  # a timm name's own pretrained weights: ImageNet classes
         names = _imagenet_label_names(model)
     if not names:
