@@ -66,6 +66,7 @@ def top_k_key(k: int) -> str:
 
 
 def default_device() -> str:
+    """``"cuda"`` when a CUDA device is available, else ``"cpu"``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -118,6 +119,7 @@ class EvalImages(torch.utils.data.Dataset):
         return len(self.labels)
 
     def value(self, index: int) -> Any:
+        """The raw image value of row ``index``: a path, a ``{"bytes", "path"}`` dict or a PIL image (undecoded)."""
         return self._values[index] if self._values is not None else self._split[index]["image"]
 
     def name(self, index: int) -> str:

@@ -398,6 +398,7 @@ def explain(
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``inat-zoo explain`` to ``parser``."""
     parser.add_argument("model", metavar="MODEL", help="run directory, local-dir:PATH, hf-hub:ORG/NAME or timm name")
     parser.add_argument("--data-root", metavar="DIR", help="image folder (default: the run's recipe data.root)")
     parser.add_argument("--images", type=int, default=8, metavar="N", help="test images for Grad-CAM (default 8)")
@@ -415,6 +416,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Run ``inat-zoo explain`` and print the path of each picture written; returns 0."""
     paths = explain(
         args.model,
         args.data_root,

@@ -117,6 +117,11 @@ class BatchedTransform:
 
     @classmethod
     def from_transform(cls, transform: Any) -> BatchedTransform | None:
+        """Split a timm ``Compose`` into a PIL head and a batched tail, or ``None`` when it has no supported shape.
+
+        Supported: ``[... PIL steps, (ColorJitter)] + ToTensor/MaybeToTensor + Normalize(3 channels, not in place)
+        (+ timm RandomErasing)``; the first PIL step is fused with decoding when it is timm's RandomResizedCrop.
+        """
         steps = list(getattr(transform, "transforms", []) or [])
         names = [type(s).__name__ for s in steps]
         cut = next((i for i, n in enumerate(names) if n in _TO_TENSOR), None)

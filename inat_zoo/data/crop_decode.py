@@ -178,6 +178,7 @@ class FusedRandomResizedCrop:
 
     @classmethod
     def from_step(cls, step: Any) -> FusedRandomResizedCrop | None:
+        """The fused crop for timm's ``RandomResizedCropAndInterpolation`` ``step``, else ``None`` (keep PIL)."""
         from timm.data.transforms import RandomResizedCropAndInterpolation
 
         if type(step) is not RandomResizedCropAndInterpolation:

@@ -37,6 +37,7 @@ class Trainer:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is the main process (rank 0): the one that writes files and logs."""
         return self.accelerator.is_main_process
 
     def _eval_module(self, unwrap: bool = False):
