@@ -71,7 +71,11 @@ def build_model(m: int, k: int, n: int, h: int, w: int, num_classes: int = NUM_C
 
 
 def measure(model, h: int, w: int, in_chans: int = 3) -> tuple[int, int]:
-    """(parameters, MACs) of one forward pass of ``model`` at h x w, counted by torch."""
+    """(parameters, MACs) of one forward pass of ``model`` on one ``(1, in_chans, h, w)`` float32 zero image (pixels).
+
+    MACs are ``torch.utils.flop_counter.FlopCounterMode``'s FLOPs / 2, so only matmuls and convolutions count. The
+    model is put in eval mode (and left there); the input is created on the CPU.
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -91,7 +95,11 @@ def count(
     num_classes: int = NUM_CLASSES,
     measured: bool = True,
 ) -> Complexity:
-    """Closed-form counts, and (``measured=True``) the counts of the instantiated model next to them."""
+    """Closed-form counts, and (``measured=True``) the counts of the instantiated model next to them.
+
+    ``image_size`` is H (square) or (H, W) in pixels. Raises ValueError unless both are multiples of 32 (and at
+    least 32).
+    """
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     if h % 32 or w % 32 or h < 32 or w < 32:
         raise ValueError(f"image size must be divisible by 32 (five 2x2 poolings), got {h}x{w}")
