@@ -59,6 +59,10 @@ def predict(
     """``[{"image": path, "top<k>": [{"label", "probability"}, ...]}, ...]``, probabilities descending.
 
     ``images`` are files or folders; unreadable files inside folders are left out of the result (and warned about).
+    Probabilities are the softmax of the model's float32 logits, in [0, 1]; ``top_k`` is capped at the class count.
+
+    Raises:
+        UsageError: ``top_k < 1``, no images, an unreadable file named directly, or no readable image at all.
     """
     from .evaluation import EVAL_BATCH_SIZE, EvalImages, default_device, model_logits
 

@@ -235,6 +235,7 @@ class BatchedTransform:
         return self.finish(self.crops_uint8(values))
 
     def __call__(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """Decoded PIL images -> the whole transform's output, one normalised float32 (3, H, W) tensor each."""
         return self.finish(self.head_uint8(images))
 
 
@@ -251,6 +252,8 @@ class ImageCollate:
         self.batched = batched
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Items -> ``{"pixel_values": float32 (B, 3, H, W) normalised, "label": int64 (B,), ...}`` (other keys as
+        the default collate makes them; ``seed`` is consumed)."""
         import torch
         from torch.utils.data import default_collate
 

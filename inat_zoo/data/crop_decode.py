@@ -278,6 +278,7 @@ class FusedRandomResizedCrop:
         return self._pil_region(value)
 
     def __call__(self, value: Any) -> torch.Tensor:
+        """A ``datasets`` image value -> the random resized crop as uint8 (3, out_h, out_w), antialiased resize."""
         import torch
         import torch.nn.functional as F
 
