@@ -37,6 +37,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but every error reads ``inat-zoo: error: ...`` (exit 2) like the rest of the tool."""
 
     def error(self, message: str):  # noqa: D401
+        """Print the usage and ``inat-zoo: error: <message>`` to stderr, then exit with status 2."""
         self.print_usage(sys.stderr)
         self.exit(2, f"{PROG}: error: {message}\n")
 
@@ -49,6 +50,10 @@ def _selected_command(argv: Sequence[str]) -> str | None:
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The ``inat-zoo`` parser with one subcommand per entry of ``COMMANDS``.
+
+    Only the command named in ``argv`` is imported and configured (the others stay cheap help entries).
+    """
     from . import __version__
 
     parser = _Parser(prog=PROG, description="iNaturalist 12K model zoo for timm.")
@@ -79,6 +84,11 @@ def _quiet_pillow_size_warning() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``inat-zoo``: run the command in ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    0 on success, 2 for a :class:`UsageError` (one ``inat-zoo: error:`` line; ``--debug`` re-raises it with its
+    traceback), 130 on Ctrl-C.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     _quiet_pillow_size_warning()

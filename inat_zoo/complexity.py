@@ -21,6 +21,8 @@ NUM_CLASSES = 10
 
 @dataclass(frozen=True)
 class Complexity:
+    """Parameter and MAC (multiply-accumulate) counts: the closed form, and the measured model's if it was built."""
+
     params: int
     macs: int
     params_measured: int | None = None
@@ -29,12 +31,20 @@ class Complexity:
 
 def closed_form_params(m: int, k: int, n: int, h: int, w: int, num_classes: int = NUM_CLASSES) -> int:
     # integer form of m*HW/1024: the 7x7 (H/32 x W/32) map of m channels feeds the dense layer
+    """The assignment's parameter count for ``m`` filters of ``k x k``, ``n`` dense neurons and an ``h x w`` RGB input.
+
+    Flattened head, no batch norm; ``h`` and ``w`` in pixels (divisible by 32). See the module docstring's formula.
+    """
     flat = m * (h // 32) * (w // 32)
     return m * (3 * k * k + 1) + 4 * m * (m * k * k + 1) + n * (flat + 1) + num_classes * (n + 1)
 
 
 def closed_form_macs(m: int, k: int, n: int, h: int, w: int, num_classes: int = NUM_CLASSES) -> int:
     # conv i runs on an (H/2^i) x (W/2^i) map: HW*m*k^2 * (3 + m/4 + m/16 + m/64 + m/256), summed exactly
+    """The assignment's multiply-accumulates of one forward pass of one ``h x w`` image (pixels), summed exactly.
+
+    Convolutions and the two Linear layers only (no biases, activations or pooling), as torch's FLOP counter / 2.
+    """
     hw = [(h >> i) * (w >> i) for i in range(5)]
     conv = hw[0] * m * 3 * k * k + sum(hw[i] * m * m * k * k for i in range(1, 5))
     flat = m * (h // 32) * (w // 32)
@@ -61,7 +71,11 @@ def build_model(m: int, k: int, n: int, h: int, w: int, num_classes: int = NUM_C
 
 
 def measure(model, h: int, w: int, in_chans: int = 3) -> tuple[int, int]:
-    """(parameters, MACs) of one forward pass of ``model`` at h x w, counted by torch."""
+    """(parameters, MACs) of one forward pass of ``model`` on one ``(1, in_chans, h, w)`` float32 zero image (pixels).
+
+    MACs are ``torch.utils.flop_counter.FlopCounterMode``'s FLOPs / 2, so only matmuls and convolutions count. The
+    model is put in eval mode (and left there); the input is created on the CPU.
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -81,7 +95,11 @@ def count(
     num_classes: int = NUM_CLASSES,
     measured: bool = True,
 ) -> Complexity:
-    """Closed-form counts, and (``measured=True``) the counts of the instantiated model next to them."""
+    """Closed-form counts, and (``measured=True``) the counts of the instantiated model next to them.
+
+    ``image_size`` is H (square) or (H, W) in pixels. Raises ValueError unless both are multiples of 32 (and at
+    least 32).
+    """
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     if h % 32 or w % 32 or h < 32 or w < 32:
         raise ValueError(f"image size must be divisible by 32 (five 2x2 poolings), got {h}x{w}")
@@ -94,6 +112,7 @@ def count(
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``inat-zoo complexity`` to ``parser``."""
     parser.add_argument("--filters", "-m", type=int, default=32, help="filters per conv block (m)")
     parser.add_argument("--kernel-size", "-k", type=int, default=3, help="kernel size k (k x k)")
     parser.add_argument("--dense", "-n", type=int, default=256, help="dense layer neurons (n)")
@@ -104,6 +123,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Run ``inat-zoo complexity``: print the closed-form (and measured) counts; returns 0.
+
+    Raises:
+        UsageError: a bad ``--image-size``, a non-positive or even size option.
+    """
     from .errors import UsageError
 
     sizes = args.image_size

@@ -120,6 +120,7 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str) -> dict
 
 
 def read_recipe_file(path: str | os.PathLike) -> dict:
+    """The recipe YAML at ``path`` as a dict, unvalidated ({} if empty); :class:`UsageError` if not a mapping."""
     return read_yaml_mapping(path, "recipe file", "a mapping of sections")
 
 

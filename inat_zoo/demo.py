@@ -36,6 +36,11 @@ def check_hub_folder_loads(hub_dir: Path, run_dir: Path) -> float:
 
 
 def run_demo(out: Path, recipe: Path = DEFAULT_RECIPE, overrides: list[str] | None = None) -> dict:
+    """The end-to-end demo under ``out``: synthetic sample, train, evaluate, explain, Hub folder loaded back by timm.
+
+    Returns a summary dict (``run_dir``, ``test_accuracy``, ``eval_accuracy``, ``hub_dir``, ``minutes``). Raises
+    RuntimeError if the Hub folder's model differs from the trained one (max logit difference above 1e-5).
+    """
     from .config import load_recipe
     from .data.sample import write_sample
     from .evaluate import evaluate
@@ -93,12 +98,14 @@ def run_demo(out: Path, recipe: Path = DEFAULT_RECIPE, overrides: list[str] | No
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``inat-zoo demo`` to ``parser``."""
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="where the sample and runs go")
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="training recipe")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. train.epochs=2")
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Run ``inat-zoo demo``; returns 0. Raises :class:`UsageError` if the recipe file does not exist."""
     if not args.recipe.is_file():
         raise UsageError(f"recipe not found: {args.recipe}")
     run_demo(args.out, args.recipe, args.overrides)

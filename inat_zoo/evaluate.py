@@ -232,6 +232,7 @@ def _log_to_wandb(
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``inat-zoo evaluate`` to ``parser``."""
     parser.add_argument("model", metavar="MODEL", help="run directory, local-dir:PATH, hf-hub:ORG/NAME or timm name")
     parser.add_argument("--data-root", metavar="DIR", help="image folder (default: the run's recipe data.root)")
     parser.add_argument("--split", default="test", choices=SPLITS, help="which split to score (default: test)")
@@ -254,6 +255,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Run ``inat-zoo evaluate`` and print the summary line; returns 0.
+
+    Raises:
+        UsageError: ``--batch-size`` below 1 or negative ``--num-workers`` (and whatever :func:`evaluate` raises).
+    """
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.num_workers < 0:

@@ -66,6 +66,7 @@ def top_k_key(k: int) -> str:
 
 
 def default_device() -> str:
+    """``"cuda"`` when a CUDA device is available, else ``"cpu"``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -118,6 +119,7 @@ class EvalImages(torch.utils.data.Dataset):
         return len(self.labels)
 
     def value(self, index: int) -> Any:
+        """The raw image value of row ``index``: a path, a ``{"bytes", "path"}`` dict or a PIL image (undecoded)."""
         return self._values[index] if self._values is not None else self._split[index]["image"]
 
     def name(self, index: int) -> str:
@@ -125,7 +127,11 @@ class EvalImages(torch.utils.data.Dataset):
         return describe(self.value(index), f"{self.split} row {index}")
 
     def pixels(self, index: int) -> torch.Tensor:
-        """The model input (C, H, W) of one image; :class:`UnreadableImage` when it cannot be decoded."""
+        """The model input (3, H, W) float32, normalised with the model's mean/std, of one image.
+
+        H, W are the data config's ``input_size`` (pixels, after resize and centre crop). Raises
+        :class:`UnreadableImage` when the image cannot be decoded.
+        """
         return self.transform(read_rgb(self.value(index)))
 
     def reason(self, index: int) -> str | None:
@@ -157,6 +163,9 @@ class EvalData:
 
 def load_eval_data(loaded: LoadedModel, data_root: str | Path | None = None, split: str = "test") -> EvalData:
     """The ``split`` of ``data_root`` (default: the run's recipe, else the download cache), model-ready.
+
+    Raises :class:`UsageError` for an unknown split, data that cannot be loaded, or a class count that differs from
+    the model's.
 
     The run's recipe also gives ``val_fraction`` and ``seed``, so ``split="validation"`` is the run's own split.
     Files the folder check finds unreadable are skipped with a warning naming them (as in training).
@@ -232,10 +241,17 @@ def model_logits(
     progress: bool = True,
     desc: str = "evaluate",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits (N, C) of every image, in ``images`` order, on the CPU, and the mask (N,) of the images that
-    could be decoded (their rows of logits are meaningless).
+    """Float32 logits (N, C) of every image, in ``images`` order, on the CPU, and the bool mask (N,) of the images
+    that could be decoded (the other rows of logits are meaningless). N is ``len(images)``, C the model's classes.
+
+    The model runs in eval mode, float32 (no autocast, no TF32; see :func:`float32_math`), under inference mode; its
+    train/eval mode is restored afterwards.
 
     With an ``accelerator`` each process scores its share of the batches and every process gets the whole result.
+
+    Raises:
+        UsageError: ``images`` is empty.
+        RuntimeError: the gathered batches do not cover every image exactly once.
     """
     from tqdm.auto import tqdm
 
@@ -277,7 +293,10 @@ def model_logits(
 
 @dataclass
 class Evaluation:
-    """The result of :func:`evaluate_split`: the metrics and what they were computed from (readable images only)."""
+    """The result of :func:`evaluate_split`: the metrics and what they were computed from (readable images only).
+
+    ``logits`` is (M, C) float32 on the CPU and ``labels`` (M,) int64, for the M readable images.
+    """
 
     metrics: dict[str, Any]
     logits: torch.Tensor
@@ -295,7 +314,11 @@ def evaluate_split(
     progress: bool = True,
 ) -> Evaluation:
     """THE evaluation of a model on a split (see the module docstring): training's final test pass and
-    ``inat-zoo evaluate`` both report ``evaluate_split(...).metrics``."""
+    ``inat-zoo evaluate`` both report ``evaluate_split(...).metrics``.
+
+    Unreadable images are skipped (warned about, listed in ``metrics["skipped"]``). Raises :class:`UsageError` when
+    the split is empty or none of its images can be read.
+    """
     main = accelerator is None or accelerator.is_main_process
     logits, ok = model_logits(
         loaded.model, data.images, batch_size=batch_size, num_workers=num_workers, accelerator=accelerator,
@@ -342,6 +365,16 @@ def compute_metrics(
     Macro averages are over the classes that occur among ``labels``: a class without a single true example has no
     recall, and averaging its zero in would punish a perfect model for a folder it was not given. Such classes are
     named in a warning (``warn``) and in ``absent_classes``; their per-class rows stay, with support 0.
+
+    Args:
+        logits: (N, C) float scores, unnormalised (softmax is not applied first; the loss is computed in float64).
+        labels: (N,) integer class indices in [0, C).
+        class_names: C names, in label order.
+
+    Returns:
+        A JSON-ready dict: fractions in [0, 1] (``accuracy``, ``top{k}_accuracy``, per-class and macro
+        precision/recall/F1), ``loss`` (mean cross-entropy, nats), ``num_samples``, and ``confusion_matrix`` as a
+        C x C list of counts.
     """
     n, c = logits.shape
     labels = labels.long()

@@ -47,7 +47,8 @@ _NOT_ACTIVATIONS = (nn.MultiheadAttention, nn.Softmax, nn.Softmax2d, nn.LogSoftm
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The first convolution (timm's ``pretrained_cfg["first_conv"]``, else the first ``nn.Conv2d``)."""
+    """``(name, module)`` of the first convolution (timm's ``pretrained_cfg["first_conv"]``, else the first
+    ``nn.Conv2d``). Raises :class:`UsageError` if the model has no ``nn.Conv2d``."""
     name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
     modules = dict(model.named_modules())
     if isinstance(name, str) and isinstance(modules.get(name), nn.Conv2d):
@@ -59,7 +60,10 @@ def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
 
 
 def last_conv_block(model: nn.Module) -> str:
-    """Name of the last conv block (CONV5): the deepest ``feature_info`` level, else the last ``nn.Conv2d``."""
+    """Name of the last conv block (CONV5): the deepest ``feature_info`` level, else the last ``nn.Conv2d``.
+
+    Raises :class:`UsageError` if the model has neither.
+    """
     info = getattr(model, "feature_info", None)
     if info:
         name = (info.get_dicts()[-1] if hasattr(info, "get_dicts") else info[-1]).get("module")
@@ -93,6 +97,9 @@ def non_relu_activations(model: nn.Module, layer: str) -> list[str]:
 def top_neurons(layer_output: torch.Tensor, k: int = NUM_NEURONS) -> list[tuple[int, int, int]]:
     """The ``k`` most activated units ``(channel, y, x)`` of one image's layer output.
 
+    ``layer_output`` is a float conv map ``(1, C, H, W)`` (only the first image is read) or ``(C, H, W)``; ``y`` and
+    ``x`` are cell indices in that map, not input pixels.
+
     Active units come first, the strongest unit of each channel before a second unit of any channel, so the
     pictures show as many different channels as the layer offers (dead units only when nothing else is left).
     """
@@ -114,9 +121,9 @@ def top_neurons(layer_output: torch.Tensor, k: int = NUM_NEURONS) -> list[tuple[
 
 
 def layer_output(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """The output of ``layer`` for input ``x`` (N, C, H, W): a tensor shaped as that output, e.g. (N, C', H', W') for
-    a conv block, no gradients. Captum's ``LayerActivation``, which copies the output as the layer returns it (an
-    in-place activation after the layer cannot change it)."""
+    """The output of ``layer`` for input ``x`` (N, C, H, W) float: a detached tensor shaped and typed as that output,
+    e.g. (N, C', H', W') float for a conv block. Captum's ``LayerActivation``, which copies the output as the layer
+    returns it (an in-place activation after the layer cannot change it)."""
     from captum.attr import LayerActivation
 
     module = dict(model.named_modules())[layer]
@@ -126,9 +133,12 @@ def layer_output(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
 def neuron_attributions(
     model: nn.Module, layer: str, image: torch.Tensor, neurons: list[tuple[int, int, int]], guided: bool = True
 ) -> torch.Tensor:
-    """Input attributions (K, C, H, W) of each neuron ``(c, y, x)`` of ``layer`` for one image (1, C, H, W).
+    """Input attributions (K, C, H, W) float of each neuron ``(c, y, x)`` of ``layer`` for one image (1, C, H, W).
 
-    ``guided=True`` is Captum's NeuronGuidedBackprop, ``False`` the plain gradient (NeuronGradient). The image is
+    ``image`` is the normalised float model input; ``neurons`` index ``layer``'s output map (see :func:`top_neurons`).
+    ``guided=True`` is guided backpropagation (Springenberg et al. 2015, "Striving for Simplicity: The All
+    Convolutional Net") as Captum's NeuronGuidedBackprop, which rewrites only ``nn.ReLU`` modules' backward pass;
+    ``False`` the plain gradient (NeuronGradient). The image is
     repeated once per neuron and every copy selects its own neuron, so all K come from one backward pass.
     """
     from captum.attr import NeuronGradient, NeuronGuidedBackprop
@@ -148,7 +158,12 @@ def neuron_attributions(
 
 
 def gradcam(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM of ``layer`` for classes ``target``, upsampled to the input's size: (N, 1, H, W), >= 0."""
+    """Grad-CAM of ``layer`` for classes ``target``, upsampled to the input's size: (N, 1, H, W) float, >= 0.
+
+    ``x`` is the (N, C, H, W) float normalised model input, ``target`` (N,) int64 class indices. Grad-CAM
+    (Selvaraju et al. 2017) via Captum's LayerGradCam with ReLU on the map, bilinearly upsampled; the values are
+    unscaled (callers normalise per image for display).
+    """
     from captum.attr import LayerAttribution, LayerGradCam
 
     module = dict(model.named_modules())[layer]
@@ -157,7 +172,12 @@ def gradcam(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor)
 
 
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int = 32) -> torch.Tensor:
-    """Integrated gradients from an all-zero input (after normalisation: the mean colour): (N, C, H, W)."""
+    """Integrated gradients from an all-zero input (after normalisation: the mean colour): (N, C, H, W) float.
+
+    ``x`` is the (N, C, H, W) float normalised model input, ``target`` (N,) int64 class indices, ``steps`` the
+    Riemann steps of the path integral. Sundararajan et al. 2017 ("Axiomatic Attribution for Deep Networks") via
+    Captum's IntegratedGradients.
+    """
     from captum.attr import IntegratedGradients
 
     return IntegratedGradients(model).attribute(x, target=target, n_steps=steps, internal_batch_size=64).detach()
@@ -185,6 +205,9 @@ def _pick_images(labels: list[int], n: int) -> list[int]:
 
 def filters_figure(conv_name: str, conv: nn.Conv2d, activations: torch.Tensor, image: np.ndarray, caption: str):
     """First-layer filters (RGB patches when the input has 3 channels), then the input and the filters' maps.
+
+    ``activations`` is the conv's float output (1, C_out, H', W'), ``image`` the input for display, (H, W, 3) floats
+    in [0, 1]; at most the first 64 filters are drawn. Returns the matplotlib figure.
 
     Each grid is one mosaic (fast to draw); filter ``i`` and map ``i`` sit at the same grid position.
     """
@@ -215,7 +238,11 @@ def guided_backprop_figure(
     cols: int = 5,
 ):
     """The input image (left, spanning the rows, larger), then one panel per neuron in a grid (2x5 for 10 neurons),
-    each titled with its channel and the unit's position."""
+    each titled with its channel and the unit's position.
+
+    ``image`` is (H, W, 3) floats in [0, 1]; ``attrs`` the (K, C, H, W) float attributions of the K ``neurons``
+    (each standardised around grey for display). Returns the matplotlib figure.
+    """
     k = len(neurons)
     cols = max(1, min(cols, k))
     rows = math.ceil(k / cols)
@@ -232,7 +259,10 @@ def guided_backprop_figure(
 
 
 def overlay_figure(images: np.ndarray, maps: torch.Tensor, titles: list[str], colors: list[str], title: str):
-    """Heat maps (N, 1, H, W) over images (N, H, W, 3), up to 4 per row."""
+    """Heat maps (N, 1, H, W) float over images (N, H, W, 3) floats in [0, 1], up to 4 per row; returns the figure.
+
+    Each map is clamped at 0 and divided by its own maximum (not min-max scaled).
+    """
     n = len(images)
     cols = min(4, n)
     rows = math.ceil(n / cols)
@@ -398,6 +428,7 @@ def explain(
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``inat-zoo explain`` to ``parser``."""
     parser.add_argument("model", metavar="MODEL", help="run directory, local-dir:PATH, hf-hub:ORG/NAME or timm name")
     parser.add_argument("--data-root", metavar="DIR", help="image folder (default: the run's recipe data.root)")
     parser.add_argument("--images", type=int, default=8, metavar="N", help="test images for Grad-CAM (default 8)")
@@ -415,6 +446,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Run ``inat-zoo explain`` and print the path of each picture written; returns 0."""
     paths = explain(
         args.model,
         args.data_root,

@@ -81,7 +81,8 @@ class HeadOnly(nn.Module):
     """The trainable rest of ``model`` after the cut: ``HeadOnly(model)(features)`` gives the model's logits.
 
     It shares the model's parameter objects (no copy): training it trains ``model``. Build it after freezing and
-    after any ``reset_classifier``; ``train()``/``eval()`` on it also switch the shared head modules.
+    after any ``reset_classifier``; ``train()``/``eval()`` on it also switch the shared head modules. Raises
+    ValueError (from :func:`feature_cut`) when the model cannot train on cached features.
     """
 
     def __init__(self, model: nn.Module):
@@ -101,7 +102,7 @@ class HeadOnly(nn.Module):
         self.train(model.training)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Cached ``features`` (as :func:`extract_features` returns them, batched) -> logits ``(B, num_classes)``."""
+        """Cached float ``features`` ``(B, D)`` (see :func:`extract_features`) -> ``(B, num_classes)`` logits."""
         return self.tail(self.drop(features))
 
 

@@ -59,6 +59,7 @@ class Stage:
 
     @property
     def name(self) -> str:
+        """The stage's canonical name (the first of ``names``)."""
         return self.names[0]
 
 

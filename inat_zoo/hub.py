@@ -248,6 +248,7 @@ def push(
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``inat-zoo push`` to ``parser``."""
     parser.add_argument("run", metavar="RUN", help=f"run directory (with {MODEL_DIR}/, {RECIPE_FILE}, {METRICS_FILE})")
     parser.add_argument("--repo-id", required=True, help="Hub repository, USER/NAME")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
@@ -259,6 +260,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Run ``inat-zoo push``: upload the run (or, with ``--dry-run DIR``, only write the Hub folder); returns 0."""
     if args.dry_run:
         out = build_hub_folder(args.run, args.dry_run, args.repo_id, license=args.license)
         files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())

@@ -35,6 +35,7 @@ class LoadedModel:
 
     @property
     def num_classes(self) -> int:
+        """The number of classes, ``len(label_names)`` (the model's output width)."""
         return len(self.label_names)
 
 

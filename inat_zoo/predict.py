@@ -59,6 +59,10 @@ def predict(
     """``[{"image": path, "top<k>": [{"label", "probability"}, ...]}, ...]``, probabilities descending.
 
     ``images`` are files or folders; unreadable files inside folders are left out of the result (and warned about).
+    Probabilities are the softmax of the model's float32 logits, in [0, 1]; ``top_k`` is capped at the class count.
+
+    Raises:
+        UsageError: ``top_k < 1``, no images, an unreadable file named directly, or no readable image at all.
     """
     from .evaluation import EVAL_BATCH_SIZE, EvalImages, default_device, model_logits
 
@@ -93,6 +97,7 @@ def predict(
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``inat-zoo predict`` to ``parser``."""
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
     parser.add_argument("--model", required=True, help="run directory, local-dir:PATH, hf-hub:ORG/NAME or timm name")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="how many labels per image (default 5)")
@@ -101,6 +106,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Run ``inat-zoo predict`` and print the top-k labels of each image (text or JSON); returns 0."""
     results = predict(args.images, args.model, args.top_k, args.device)
     if args.json:
         single = len(results) == 1 and len(args.images) == 1 and not Path(args.images[0]).is_dir()

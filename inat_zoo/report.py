@@ -84,6 +84,7 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
 
 
 def natural_key(text: str) -> list:
+    """Sort key that orders the digit runs of ``text`` as numbers (``run-2`` before ``run-10``)."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
@@ -183,6 +184,7 @@ def _varying_keys(rows: Sequence[dict], swept: Sequence[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ formatting
 def format_value(value: Any) -> str:
+    """A table cell's text: '' for None, ``true``/``false``, floats to 4 significant digits, dicts/lists as JSON."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -224,6 +226,7 @@ def _cells(row: dict, varying: Sequence[str]) -> list[str]:
 
 
 def markdown_table(rows: Sequence[dict], varying: Sequence[str]) -> str:
+    """The rows as a Markdown table: run columns, then the ``varying`` hyperparameters, then the metrics."""
     header = [HEADERS[c] for c in BASE_COLUMNS] + list(varying) + [HEADERS[c] for c in METRIC_COLUMNS]
     escape = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -318,6 +321,7 @@ def _figure(width: float, height: float):
 
 
 def plot_accuracy(rows: Sequence[dict], path: Path) -> None:
+    """Write a bar chart of best validation and test accuracy (percent) per run, in trial order, to ``path``."""
     ordered = sorted(rows, key=lambda r: (r["trial"] is None, r["trial"] or 0, natural_key(r["name"])))
     names = [r["name"] for r in ordered]
     val = [100 * (r["best_val_acc"] or 0.0) for r in ordered]
@@ -385,6 +389,10 @@ def plot_parallel_coordinates(rows: Sequence[dict], varying: Sequence[str], path
 
 
 def plot_importance(scores: Mapping[str, float], method: str, path: Path) -> bool:
+    """Write a bar chart of the hyperparameter importance ``scores`` (from ``method``) to ``path``.
+
+    Returns False, writing nothing, when ``scores`` is empty.
+    """
     if not scores:
         return False
     keys = list(scores)[::-1]
@@ -445,11 +453,13 @@ def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
 
 # --------------------------------------------------------------------------------------------------------- CLI
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``inat-zoo report`` to ``parser``."""
     parser.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run directories or folders of runs")
     parser.add_argument("--out", default=None, help="report folder (default: DIR/report for one DIR, else ./report)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Run ``inat-zoo report``: write the report folder and print its table; returns 0."""
     out = Path(args.out) if args.out else (Path(args.paths[0]) / "report" if len(args.paths) == 1 else Path("report"))
     result = write_report(args.paths, out)
     print(result["table"], end="")

@@ -314,4 +314,5 @@ class RunFiles:
 
     @property
     def label_names(self) -> list[str]:
+        """The class names in label order (``config.json``'s ``label_names``)."""
         return list(self.config["label_names"])

@@ -83,11 +83,13 @@ def train(recipe: dict, *, epoch_callback: EpochCallback | None = None) -> dict:
 
 # -------------------------------------------------------------------------------------------------------- CLI
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of ``inat-zoo train`` (recipe and ``key=value`` overrides) to ``parser``."""
     parser.add_argument("recipe", help="recipe YAML (see recipes/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=3e-4")
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Run ``inat-zoo train``: load the recipe with its overrides and train; returns 0."""
     recipe = load_recipe(args.recipe, args.overrides)
     train(recipe)
     return 0

@@ -117,6 +117,11 @@ class BatchedTransform:
 
     @classmethod
     def from_transform(cls, transform: Any) -> BatchedTransform | None:
+        """Split a timm ``Compose`` into a PIL head and a batched tail, or ``None`` when it has no supported shape.
+
+        Supported: ``[... PIL steps, (ColorJitter)] + ToTensor/MaybeToTensor + Normalize(3 channels, not in place)
+        (+ timm RandomErasing)``; the first PIL step is fused with decoding when it is timm's RandomResizedCrop.
+        """
         steps = list(getattr(transform, "transforms", []) or [])
         names = [type(s).__name__ for s in steps]
         cut = next((i for i, n in enumerate(names) if n in _TO_TENSOR), None)
@@ -230,6 +235,7 @@ class BatchedTransform:
         return self.finish(self.crops_uint8(values))
 
     def __call__(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """Decoded PIL images -> the whole transform's output, one normalised float32 (3, H, W) tensor each."""
         return self.finish(self.head_uint8(images))
 
 
@@ -246,6 +252,8 @@ class ImageCollate:
         self.batched = batched
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Items -> ``{"pixel_values": float32 (B, 3, H, W) normalised, "label": int64 (B,), ...}`` (other keys as
+        the default collate makes them; ``seed`` is consumed)."""
         import torch
         from torch.utils.data import default_collate
 

@@ -43,9 +43,11 @@ class SplitScan:
 
     @property
     def classes(self) -> list[str]:
+        """The class folder names, sorted (the label order: class ``i`` is ``classes[i]``)."""
         return sorted(self.files)
 
     def all_files(self) -> list[Path]:
+        """Every image file, class by class in ``classes`` order."""
         return [p for name in self.classes for p in self.files[name]]
 
 
@@ -187,6 +189,7 @@ class FolderReport:
     bad_files: dict[Path, str]
 
     def format(self) -> str:
+        """The report as the indented text ``inat-zoo data check`` prints."""
         lines = [f"{self.root}"]
         for split, per_class in self.counts.items():
             total = sum(per_class.values())

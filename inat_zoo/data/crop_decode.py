@@ -178,6 +178,7 @@ class FusedRandomResizedCrop:
 
     @classmethod
     def from_step(cls, step: Any) -> FusedRandomResizedCrop | None:
+        """The fused crop for timm's ``RandomResizedCropAndInterpolation`` ``step``, else ``None`` (keep PIL)."""
         from timm.data.transforms import RandomResizedCropAndInterpolation
 
         if type(step) is not RandomResizedCropAndInterpolation:
@@ -277,6 +278,7 @@ class FusedRandomResizedCrop:
         return self._pil_region(value)
 
     def __call__(self, value: Any) -> torch.Tensor:
+        """A ``datasets`` image value -> the random resized crop as uint8 (3, out_h, out_w), antialiased resize."""
         import torch
         import torch.nn.functional as F
 

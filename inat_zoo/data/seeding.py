@@ -89,6 +89,7 @@ class EpochSampler(Sampler[SampleKey]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next ``__iter__`` yields (called by accelerate before each pass)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:

@@ -121,6 +121,7 @@ class ConvBlock(nn.Module):
         self.drop = nn.Dropout2d(drop_rate) if drop_rate > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_chs, H, W)`` float -> ``(N, out_chs, H // 2, W // 2)`` float (same-padded conv, then 2x2 pool)."""
         return self.drop(self.pool(self.act(self.bn(self.conv(x)))))
 
 
@@ -173,6 +174,12 @@ class FlexibleHead(nn.Module):
         return self.in_chs
 
     def reset(self, num_classes: int, pool_type: str | None = None) -> None:
+        """Replace the classifier with ``num_classes`` outputs (0: none) and, if given, switch the pooling.
+
+        Switching between ``avg``/``max`` and ``''`` keeps the dense layer's weights (Linear <-> 1x1 conv); a switch
+        to or from ``flatten`` changes its input width, so the dense layer is re-initialised. New layers take the
+        device, dtype, train/eval mode and ``requires_grad`` of the ones they replace.
+        """
         ref = self.pre_logits.fc.weight
         dd = {"device": ref.device, "dtype": ref.dtype}
         if pool_type is not None and pool_type != self.pool_type:
@@ -193,6 +200,11 @@ class FlexibleHead(nn.Module):
         self.fc.train(self.training)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(N, in_chs, h, w)`` float features -> ``(N, num_classes)`` float logits.
+
+        With ``pre_logits`` the dense layer's activations ``(N, hidden_size)`` (after dropout) instead; with
+        ``pool_type=''`` both keep the spatial size, ``(N, C, h, w)``.
+        """
         x = self.global_pool(x)
         x = self.pre_logits(x)
         x = self.drop(x)
@@ -275,22 +287,31 @@ class FlexibleCNN(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter-group regexes: ``stem`` (block 0) and ``blocks`` (``stages.N``; ``coarse`` is ignored)."""
         # block 0 is the stem; each later block is one group (used by freezing and layer-wise LR decay)
         return dict(stem=r"^stages\.0\.", blocks=r"^stages\.(\d+)")
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the conv blocks in the backward pass (timm ``checkpoint_seq``) to save activation memory."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
+        """Parameter names timm's optimizer factory should exempt from weight decay: none."""
         return set()
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
+        """The final layer, ``head.fc``: Linear(dense_size, num_classes), a 1x1 conv, or Identity if none."""
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """timm contract: a new ``num_classes``-way classifier (0 removes it) and optionally a new pooling.
+
+        ``global_pool=''`` makes ``forward`` return ``(N, num_classes, H/32, W/32)`` maps. Raises ValueError for an
+        unknown ``global_pool``.
+        """
         if global_pool is not None and global_pool not in POOL_TYPES:
             raise ValueError(f"global_pool must be one of avg, max, flatten, '' (none), got {global_pool!r}")
         self.num_classes = num_classes
@@ -305,7 +326,12 @@ class FlexibleCNN(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Features of the selected blocks (all when ``indices`` is None; an int takes the last n)."""
+        """Features of the selected blocks (all when ``indices`` is None; an int takes the last n).
+
+        ``x`` is ``(N, in_chans, H, W)`` float; block ``i`` gives ``(N, C_i, H / 2**(i+1), W / 2**(i+1))`` float.
+        Returns the list of those maps if ``intermediates_only``, else ``(final block output, list)``. ``norm`` and
+        ``output_fmt`` exist for timm's signature (there is no final norm; only NCHW is supported).
+        """
         assert output_fmt == "NCHW", "Output shape must be NCHW."
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
@@ -333,14 +359,17 @@ class FlexibleCNN(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_chans, H, W)`` float images -> ``(N, num_features, H/32, W/32)`` float maps (the 5 blocks)."""
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.stages, x)
         return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``forward_features`` maps -> ``(N, num_classes)`` float logits (``(N, dense_size)`` with ``pre_logits``)."""
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_chans, H, W)`` float, normalised images -> ``(N, num_classes)`` float logits (unnormalised)."""
         return self.forward_head(self.forward_features(x))
 
 

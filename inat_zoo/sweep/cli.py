@@ -21,6 +21,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``inat-zoo sweep`` to ``parser`` (options may also follow the overrides)."""
     parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="sweep file in W&B format (recipes/sweeps/)")
     _add_options(parser)
     # Options may follow the overrides; argparse cannot interleave a `*` positional, so they are re-read in run_cli.
@@ -45,6 +46,11 @@ def _reparse(parser_cls: type, args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Run ``inat-zoo sweep`` on the Optuna or W&B backend; returns 0.
+
+    Raises:
+        UsageError: an override without ``=`` (and whatever loading the sweep file or a trial raises).
+    """
     args = _reparse(getattr(args, "_parser_class", argparse.ArgumentParser), args)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:

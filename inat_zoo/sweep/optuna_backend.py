@@ -86,6 +86,11 @@ def suggest(trial: Any, key: str, spec: Mapping[str, Any]) -> Any:
 
 
 def suggest_all(trial: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One Optuna suggestion per parameter of ``space`` (see :func:`suggest`): ``{dotted key: value}``.
+
+    Raises:
+        UsageError: a distribution the optuna backend does not support.
+    """
     return {key: suggest(trial, key, spec) for key, spec in space.items()}
 
 

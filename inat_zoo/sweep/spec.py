@@ -92,6 +92,7 @@ class Sweep:
 
     @property
     def direction(self) -> str:
+        """The Optuna study direction for ``goal``: ``maximize`` or ``minimize``."""
         return "maximize" if self.goal == "maximize" else "minimize"
 
 
@@ -100,6 +101,7 @@ def _is_number(v: Any) -> bool:
 
 
 def is_int(v: Any) -> bool:
+    """Whether ``v`` is an int and not a bool."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -372,6 +374,11 @@ def check_space(sweep: Sweep, space: Mapping[str, Mapping[str, Any]], overrides:
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
+    """Reject ``key=value`` overrides of keys the sweep sets per trial.
+
+    Raises:
+        UsageError: an override of a sweep-owned key (e.g. ``output_dir``), or one that does not parse.
+    """
     for text in overrides:
         key = ".".join(parse_override(text)[0])
         if key in _SWEEP_OWNED:

@@ -161,8 +161,13 @@ def create_scheduler(optimizer, recipe: dict, updates_per_epoch: int):
 
 
 def create_ema(model, recipe: dict, accelerator):
-    """timm's ``ModelEmaV3`` of the model (decay 0.9998 for ``train.ema: true``), registered for checkpointing;
-    None when ``train.ema`` is false."""
+    """timm's ``ModelEmaV3`` of the model (decay 0.9998 for ``train.ema: true``, else the given float), registered
+    for checkpointing; None when ``train.ema`` is false.
+
+    The exponential moving average of the weights is timm's implementation (updated once per optimizer step, with
+    its decay warm-up ``use_warmup=True``); the model is moved to the accelerator's device first so the copy lives
+    there too.
+    """
     ema = recipe["train"]["ema"]
     if ema is False:
         return None
@@ -247,8 +252,10 @@ def create_accelerator(recipe: dict):
 def build_run(recipe: dict) -> RunParts:
     """Assemble a validated recipe's run: accelerator, data, model, loaders, optimizer, EMA, prepared by accelerate.
 
-    The steps run in this order on purpose (see the module docstring). Raises :class:`UsageError` for a head
-    feature cache that is asked and not possible."""
+    The steps run in this order on purpose (see the module docstring). The criterion is torch's
+    ``CrossEntropyLoss`` with ``train.label_smoothing`` (label smoothing as in Szegedy et al. 2016, "Rethinking the
+    Inception Architecture"). Raises :class:`UsageError` for a head feature cache that is asked and not possible.
+    """
     import torch
 
     from . import loaders

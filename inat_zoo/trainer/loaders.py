@@ -63,6 +63,7 @@ def image_loader(
 
 
 def eval_batch_size(recipe: dict) -> int:
+    """Images per evaluation batch: ``train.eval_batch_size``, else ``train.batch_size``."""
     return recipe["train"]["eval_batch_size"] or recipe["train"]["batch_size"]
 
 

@@ -37,6 +37,7 @@ class Trainer:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is the main process (rank 0): the one that writes files and logs."""
         return self.accelerator.is_main_process
 
     def _eval_module(self, unwrap: bool = False):
@@ -102,7 +103,11 @@ class Trainer:
         return evaluate_module(self.accelerator, module, loader, channels_last, desc=desc, progress=self.is_main)
 
     def train_epoch(self, epoch: int) -> dict:
-        """One epoch (or its rest, after a mid-epoch checkpoint); returns loss, accuracy and images over all ranks."""
+        """One epoch (or its rest, after a mid-epoch checkpoint); returns loss, accuracy and images over all ranks.
+
+        The loss is the mean training criterion (cross-entropy with the recipe's label smoothing, nats) and the
+        accuracy a fraction in [0, 1], both over the images of this pass.
+        """
         import torch
         from tqdm.auto import tqdm
 
@@ -271,7 +276,11 @@ def best_validation(state: TrainerState) -> dict:
 
 def batch_inputs(batch, channels_last: bool):
     """``(images, labels)`` of a loader's batch (a dict of images, a tuple of cached features), images in
-    channels_last memory format when asked."""
+    channels_last memory format when asked.
+
+    Images are ``(B, 3, H, W)`` float32 normalised (or cached features ``(B, D)`` float32, left as they are); labels
+    are ``(B,)`` int64 class indices.
+    """
     import torch
 
     images, labels = (batch["pixel_values"], batch["label"]) if isinstance(batch, dict) else batch
@@ -282,7 +291,11 @@ def batch_inputs(batch, channels_last: bool):
 
 def evaluate_module(accelerator, module, loader, channels_last: bool, *, desc: str, progress: bool) -> dict:
     """Accuracy, mean cross-entropy (float64 sums over float32 logits) and sample count of ``module`` in eval mode
-    over ``loader``, gathered over all ranks (``gather_for_metrics`` drops the padding of the last batch)."""
+    over ``loader``, gathered over all ranks (``gather_for_metrics`` drops the padding of the last batch).
+
+    Returns ``{"accuracy": fraction in [0, 1], "loss": mean cross-entropy in nats, "num_samples": int}``; runs
+    under inference mode and the accelerator's autocast (the logits are cast to float32 before the loss).
+    """
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
@@ -303,7 +316,8 @@ def evaluate_module(accelerator, module, loader, channels_last: bool, *, desc: s
 
 
 def epoch_record(epoch: int, train_metrics: dict, validation: dict, lr: float, elapsed: float) -> dict:
-    """One line of history.jsonl: the epoch's train and validation loss / accuracy, lr, seconds."""
+    """One line of history.jsonl: the epoch's train and validation loss (nats) / accuracy (fraction), lr, and
+    ``elapsed`` as ``epoch_time_s`` (wall-clock seconds)."""
     return {
         "epoch": epoch,
         "train_loss": train_metrics["loss"],
