@@ -356,6 +356,18 @@ def final_test_metrics(
     return evaluate_split(loaded, data, accelerator=accelerator, num_workers=num_workers, progress=progress).metrics
 
 
+def _warn_absent_classes(absent: list[str], num_classes: int, split: str) -> None:
+    logger.warning(
+        "%d of %d classes have no image in the %s split (%s): macro averages are over the %d classes present; "
+        "their per-class rows have support 0",
+        len(absent),
+        num_classes,
+        split,
+        ", ".join(absent),
+        num_classes - len(absent),
+    )
+
+
 def compute_metrics(
     logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], *, warn: bool = True, split: str = "test"
 ) -> dict[str, Any]:
@@ -388,15 +400,7 @@ def compute_metrics(
     present = actual > 0
     absent = [name for name, here in zip(class_names, present.tolist(), strict=True) if not here]
     if absent and warn:
-        logger.warning(
-            "%d of %d classes have no image in the %s split (%s): macro averages are over the %d classes present; "
-            "their per-class rows have support 0",
-            len(absent),
-            c,
-            split,
-            ", ".join(absent),
-            int(present.sum()),
-        )
+        _warn_absent_classes(absent, c, split)
     k = min(MAX_TOP_K, c)
     topk = (logits.topk(k, dim=1).indices == labels[:, None]).any(1).double().mean()
     per_class = [

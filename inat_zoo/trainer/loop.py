@@ -22,13 +22,12 @@ class Trainer:
         self.recipe = recipe
         self.train_config = recipe["train"]
         self.output_dir = Path(recipe["output_dir"])
-        self.resume_from = resume_from
-        self.epoch_callback = epoch_callback
+        self.resume_from, self.epoch_callback = resume_from, epoch_callback
         parts = build_run(recipe)
         self.accelerator, self.core, self.model = parts.accelerator, parts.core, parts.model
         self.optimizer, self.scheduler, self.ema = parts.optimizer, parts.scheduler, parts.ema
         self.train_loader, self.val_loader = parts.train_loader, parts.val_loader
-        self.criterion, self.cached = parts.criterion, parts.cached
+        self.criterion = parts.criterion
         self.label_names, self.data_config = parts.label_names, parts.data_config
         self.params_total, self.updates_per_epoch = parts.params_total, parts.updates_per_epoch
         self.state = TrainerState()
