@@ -17,13 +17,10 @@ import yaml
 
 from .errors import UsageError
 from .recipe_schema import recipe_defaults, resolve_recipe
+from .rundir import read_yaml_mapping  # noqa: F401  (re-exported: sweep and report read YAML files with it)
 
 # Every section and key with its default, in schema order (the schema itself: ``inat_zoo.recipe_schema``).
 DEFAULTS: dict[str, Any] = recipe_defaults()
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 def default_data_root() -> str:
@@ -101,22 +98,6 @@ def apply_overrides(recipe: dict, overrides: Sequence[str]) -> dict:
         set_dotted_key(recipe, key, value, f"override {text!r}")
         done.append((key, text))
     return recipe
-
-
-def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str) -> dict:
-    """The mapping in a YAML file (``{}`` when empty); ``what`` ("recipe file") and ``expected`` name it in errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{what} {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UsageError(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"{what} {str(path)!r} must hold {expected}, got {_type_name(data)}")
-    return data
 
 
 def read_recipe_file(path: str | os.PathLike) -> dict:

@@ -99,23 +99,28 @@ def read_json(path: str | os.PathLike) -> Any:
         raise UsageError(f"cannot read {path}: {e}") from e
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str) -> dict:
+    """The mapping in a YAML file (``{}`` when empty); ``what`` ("recipe file") and ``expected`` name it in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UsageError(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} {str(path)!r} must hold {expected}, got {type(data).__name__}")
+    return data
+
+
 def read_recipe(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The run's resolved recipe (``{}`` for an empty file).
 
     Raises UsageError when recipe.yaml is missing, is not YAML, or holds something other than a mapping.
     """
-    path = Path(run_dir) / RECIPE_FILE
-    if not path.is_file():
-        raise UsageError(f"run recipe {str(path)!r} does not exist")
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UsageError(f"run recipe {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if recipe is None:
-        return {}
-    if not isinstance(recipe, dict):
-        raise UsageError(f"run recipe {str(path)!r} must hold a recipe mapping, got {type(recipe).__name__}")
-    return recipe
+    return read_yaml_mapping(Path(run_dir) / RECIPE_FILE, "run recipe", "a recipe mapping")
 
 
 def read_metrics(run_dir: str | os.PathLike, folder: str | None = None) -> dict[str, Any] | None:
