@@ -38,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     from timm.optim import create_optimizer_v2
     from torch.utils.data import DataLoader, TensorDataset
 
-    from inat_zoo.config import validate_recipe
+    from inat_zoo.config import typed_recipe
     from inat_zoo.data.sample import write_sample
     from inat_zoo.train import _Trainer
 
     with tempfile.TemporaryDirectory(prefix="trainer_overhead_") as tmp:
         root = write_sample(Path(tmp) / "sample", train_per_class=6, test_per_class=2, min_side=40, max_side=48)
-        recipe = validate_recipe(
+        recipe = typed_recipe(
             {
                 "output_dir": str(Path(tmp) / "run"),
                 "model": {"name": args.model, "args": json.loads(args.model_args)},

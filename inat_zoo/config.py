@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import UsageError
-from .recipe_schema import recipe_defaults, resolve_recipe
+from .recipe_schema import Recipe, parse_recipe, recipe_defaults
 from .rundir import read_yaml_mapping  # noqa: F401  (re-exported: sweep and report read YAML files with it)
 
 # Every section and key with its default, in schema order (the schema itself: ``inat_zoo.recipe_schema``).
@@ -30,18 +30,29 @@ def default_data_root() -> str:
     return os.fspath(default_data_dir())
 
 
-def validate_recipe(recipe: Mapping[str, Any]) -> dict:
-    """Return a new recipe with every default filled in; raise :class:`UsageError` for any mistake.
+def typed_recipe(recipe: Mapping[str, Any] | Recipe) -> Recipe:
+    """The recipe as typed values (:class:`inat_zoo.recipe_schema.Recipe`), every default filled in, ``data.root``
+    (the default data cache) and ``output_dir`` (``runs/recipe``) included; a :class:`Recipe` is returned as is.
 
+    This is where a recipe is parsed: the trainer, its factories and the pre-flight checks read the typed values.
     Only the recipe itself is checked here (keys, types, model name); whether the data folder exists and whether
-    the run directory may be written are checked by the trainer, before it writes anything.
+    the run directory may be written are checked by the trainer, before it writes anything. Raises
+    :class:`UsageError` for any mistake.
     """
-    out = resolve_recipe(recipe)
-    if out["data"]["root"] is None:
-        out["data"]["root"] = default_data_root()
-    if out["output_dir"] is None:
-        out["output_dir"] = os.path.join("runs", "recipe")
-    return out
+    if isinstance(recipe, Recipe):
+        return recipe
+    typed = parse_recipe(recipe)
+    if typed.data.root is None:
+        typed.data = typed.data.model_copy(update={"root": default_data_root()})
+    if typed.output_dir is None:
+        typed.output_dir = os.path.join("runs", "recipe")
+    return typed
+
+
+def validate_recipe(recipe: Mapping[str, Any] | Recipe) -> dict:
+    """:func:`typed_recipe` as the plain dict a recipe file holds (every default filled in, sections in schema
+    order); raises :class:`UsageError` for any mistake."""
+    return typed_recipe(recipe).model_dump()
 
 
 # -------------------------------------------------------------------------------------------- files, overrides
@@ -105,20 +116,26 @@ def read_recipe_file(path: str | os.PathLike) -> dict:
     return read_yaml_mapping(path, "recipe file", "a mapping of sections")
 
 
-def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
-    """Read a recipe YAML, apply ``key=value`` overrides, validate and fill defaults.
+def load_typed_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
+    """Read a recipe YAML, apply ``key=value`` overrides, validate and fill defaults (:func:`typed_recipe`).
 
-    ``output_dir`` defaults to ``runs/<recipe file stem>``.
+    ``output_dir`` defaults to ``runs/<recipe file stem>``. Raises :class:`UsageError` starting with the file name.
     """
     recipe = apply_overrides(read_recipe_file(path), overrides)
     if recipe.get("output_dir") is None:
         recipe["output_dir"] = os.path.join("runs", Path(path).stem)
     try:
-        return validate_recipe(recipe)
+        return typed_recipe(recipe)
     except UsageError as e:
         raise UsageError(f"{path}: {e}") from None
 
 
-def dump_recipe(recipe: Mapping[str, Any]) -> str:
+def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
+    """:func:`load_typed_recipe` as a plain dict (what a recipe file holds, every default filled in)."""
+    return load_typed_recipe(path, overrides).model_dump()
+
+
+def dump_recipe(recipe: Mapping[str, Any] | Recipe) -> str:
     """The resolved recipe as YAML, sections in schema order, so it can be re-run as is."""
-    return yaml.safe_dump(dict(recipe), sort_keys=False, default_flow_style=None)
+    resolved = recipe.model_dump() if isinstance(recipe, Recipe) else dict(recipe)
+    return yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None)

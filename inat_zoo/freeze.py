@@ -18,9 +18,8 @@ frozen stages still follows ``model.train()``/``model.eval()`` (timm's freeze le
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import timm.utils
 import torch
@@ -220,8 +219,8 @@ def apply_freeze(model: nn.Module, strategy: str | FreezeStrategy) -> nn.Module:
     return model
 
 
-def check_schedule(model: nn.Module, strategy: str | FreezeStrategy, schedule: Sequence[Mapping[str, Any]]) -> None:
-    """Resolve a freeze strategy and an unfreeze schedule (``[{"epoch": 3, "stage": "layer3"}, ...]``) against
+def check_schedule(model: nn.Module, strategy: str | FreezeStrategy, schedule: Sequence[tuple[int, str]]) -> None:
+    """Resolve a freeze strategy and an unfreeze schedule (``[(epoch, stage), ...]``, e.g. ``[(3, "layer3")]``) against
     ``model`` without changing it, so a recipe's mistakes surface before training starts. Works on a model built
     on the meta device.
 
@@ -232,19 +231,19 @@ def check_schedule(model: nn.Module, strategy: str | FreezeStrategy, schedule: S
     parsed = _parse_strategy(strategy)
     stages, frozen = _frozen_prefix(model, parsed)
     scheduled: dict[int, str] = {}
-    for item in schedule:
-        where = f"model.unfreeze at epoch {item['epoch']}"
+    for epoch, stage in schedule:
+        where = f"model.unfreeze at epoch {epoch}"
         if frozen == 0:
             raise UsageError(f"{where}: model.freeze is none, so there is nothing to unfreeze")
-        index = _stage_index(stages, item["stage"], where)
+        index = _stage_index(stages, stage, where)
         if index >= frozen:
             raise UsageError(
-                f"{where}: stage {item['stage']!r} is not frozen by model.freeze {str(parsed)!r} (it freezes "
+                f"{where}: stage {stage!r} is not frozen by model.freeze {str(parsed)!r} (it freezes "
                 f"{', '.join(s.name for s in stages[:frozen])}), so unfreezing it would do nothing"
             )
         if index in scheduled:
-            raise UsageError(f"{where}: stage {item['stage']!r} is already unfrozen {scheduled[index]}")
-        scheduled[index] = f"at epoch {item['epoch']}"
+            raise UsageError(f"{where}: stage {stage!r} is already unfrozen {scheduled[index]}")
+        scheduled[index] = f"at epoch {epoch}"
 
 
 def unfreeze(model: nn.Module, stage: str) -> list[nn.Parameter]:

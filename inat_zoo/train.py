@@ -16,8 +16,11 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections.abc import Mapping
+from typing import Any
 
-from .config import dump_recipe, load_recipe, validate_recipe
+from .config import dump_recipe, load_typed_recipe, typed_recipe
+from .recipe_schema import Recipe
 from .rundir import (  # noqa: F401  (STATE_FILE, complete_checkpoints, check_run_directory: re-exported for tests)
     STATE_FILE,
     check_run_directory,
@@ -47,16 +50,18 @@ __all__ = [
 ]
 
 
-def train(recipe: dict, *, epoch_callback: EpochCallback | None = None) -> dict:
-    """Run one training from a recipe (validated here again) and return the content of metrics.json.
+def train(recipe: Mapping[str, Any] | Recipe, *, epoch_callback: EpochCallback | None = None) -> dict:
+    """Run one training from a recipe (a mapping as in a recipe file, parsed here, or a typed :class:`Recipe`) and
+    return the content of metrics.json.
 
     Everything the user can get wrong is checked before the first file is written (:func:`preflight`).
     ``epoch_callback(epoch, record)`` runs on the main process after each epoch; an exception from it stops
-    training and propagates.
+    training and propagates. Raises :class:`UsageError` for a mistake in the recipe or its data.
     """
-    recipe = validate_recipe(recipe)
+    recipe = typed_recipe(recipe)
+    resolved = recipe.model_dump()  # the recipe file's form: written as recipe.yaml, compared on resume
     check_data_root(recipe)
-    resume_from = check_run_directory(recipe)
+    resume_from = check_run_directory(resolved)
     preflight(recipe)
     trainer = Trainer(recipe, resume_from, epoch_callback)
     acc = trainer.accelerator
@@ -72,7 +77,7 @@ def train(recipe: dict, *, epoch_callback: EpochCallback | None = None) -> dict:
             if resume_from is None and stopped_before_first_checkpoint(out):
                 acc.print(f"{out} holds a start that stopped before its first checkpoint: starting afresh")
                 forget_history(out)
-            write_recipe(out, dump_recipe(recipe))
+            write_recipe(out, dump_recipe(resolved))
         acc.wait_for_everyone()
         return trainer.fit()
     finally:
@@ -90,8 +95,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``inat-zoo train``: load the recipe with its overrides and train; returns 0."""
-    recipe = load_recipe(args.recipe, args.overrides)
-    train(recipe)
+    train(load_typed_recipe(args.recipe, args.overrides))
     return 0
 
 

@@ -128,17 +128,17 @@ def test_resnet50_stage_names_and_freezing_on_meta():
 
 def test_check_schedule_resolves_a_recipe_on_meta_without_changing_the_model():
     model = timm.create_model("resnet50", pretrained=False, num_classes=10, device="meta")
-    check_schedule(model, "head", [{"epoch": 2, "stage": "layer4"}, {"epoch": 3, "stage": "stem"}])
-    check_schedule(model, "until:layer3", [{"epoch": 2, "stage": "layer3"}])
+    check_schedule(model, "head", [(2, "layer4"), (3, "stem")])
+    check_schedule(model, "until:layer3", [(2, "layer3")])
     assert all(p.requires_grad for p in model.parameters())  # nothing was frozen
     with pytest.raises(UsageError, match="stage 'layer4' is not frozen by model.freeze 'until:layer3'"):
-        check_schedule(model, "until:layer3", [{"epoch": 2, "stage": "layer4"}])
+        check_schedule(model, "until:layer3", [(2, "layer4")])
     with pytest.raises(UsageError, match="unknown stage 'stages.2' in model.unfreeze at epoch 2; .*: stem, layer1"):
-        check_schedule(model, "head", [{"epoch": 2, "stage": "stages.2"}])
+        check_schedule(model, "head", [(2, "stages.2")])
     with pytest.raises(UsageError, match="unknown stage 'layer9' in freeze strategy 'until:layer9'"):
         check_schedule(model, "until:layer9", [])
     with pytest.raises(UsageError, match="stage 'layer2' is already unfrozen at epoch 2"):
-        check_schedule(model, "head", [{"epoch": 2, "stage": "layer2"}, {"epoch": 4, "stage": "layer2"}])
+        check_schedule(model, "head", [(2, "layer2"), (4, "layer2")])
 
 
 def test_flexible_cnn_stages_and_stem_alias():

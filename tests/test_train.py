@@ -313,10 +313,11 @@ def test_unfreeze_groups_follow_the_models_no_weight_decay(layer_decay):
     no_weight_decay() names (a ViT's pos_embed, cls_token) get no weight decay."""
     from timm.optim import create_optimizer_v2
 
+    from inat_zoo.config import typed_recipe
     from inat_zoo.train import _param_groups
 
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=3, depth=2)
-    recipe = {"train": {"weight_decay": 0.05, "layer_decay": layer_decay}}
+    recipe = typed_recipe({"train": {"weight_decay": 0.05, "layer_decay": layer_decay}})
     decay_of = {id(p): g["weight_decay"] for g in _param_groups(model, recipe) for p in g["params"]}
     assert decay_of[id(model.pos_embed)] == 0.0 and decay_of[id(model.cls_token)] == 0.0
     assert decay_of[id(model.blocks[0].attn.qkv.weight)] == 0.05

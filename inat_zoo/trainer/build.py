@@ -14,32 +14,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..recipe_schema import Recipe
 from .accelerate_compat import reset_accelerator_state
 
 
 # --------------------------------------------------------------------------------------------------- model
-def _timm_model(recipe: dict, num_classes: int | None, args: dict, *, meta: bool):
+def _timm_model(recipe: Recipe, num_classes: int | None, args: dict, *, meta: bool):
     import timm
     import torch
 
     from .. import models  # noqa: F401  (registers inat_*)
 
-    m = recipe["model"]
+    m = recipe.model
     classes = {} if num_classes is None else {"num_classes": num_classes}
     try:
         # on the meta device: parameters without storage and no weights loaded, for checks that cost nothing
         with torch.device("meta") if meta else contextlib.nullcontext():
-            return timm.create_model(m["name"], pretrained=m["pretrained"] and not meta, **classes, **args)
+            return timm.create_model(m.name, pretrained=m.pretrained and not meta, **classes, **args)
     except (TypeError, ValueError) as e:  # an unknown or bad keyword argument of the model's constructor
-        raise UsageError(f"model.args for {m['name']!r} are not accepted: {e}") from None
+        raise UsageError(f"model.args for {m.name!r} are not accepted: {e}") from None
 
 
-def _model_args(recipe: dict, num_classes: int | None) -> dict:
+def _model_args(recipe: Recipe, num_classes: int | None) -> dict:
     """``model.args``, plus ``img_size=data.image_size`` for a model that takes only its own input size (timm's
     ``fixed_input_size``: FlexibleCNN's flatten head, ViTs) when the recipe names no ``img_size``: the recipe asks
     for crops of that size, so the model is built for them instead of failing on the first batch."""
-    args = dict(recipe["model"]["args"])
-    size = recipe["data"]["image_size"]
+    args = dict(recipe.model.args)
+    size = recipe.data.image_size
     if size is None or "img_size" in args:
         return args
     cfg = getattr(_timm_model(recipe, num_classes, args, meta=True), "pretrained_cfg", None) or {}
@@ -48,7 +49,7 @@ def _model_args(recipe: dict, num_classes: int | None) -> dict:
     return args
 
 
-def create_model(recipe: dict, num_classes: int | None, *, meta: bool = False):
+def create_model(recipe: Recipe, num_classes: int | None, *, meta: bool = False):
     """The recipe's timm model with ``num_classes`` outputs (None: the model's default), on the meta device with
     ``meta`` (for :func:`inat_zoo.trainer.preflight.preflight`). Raises :class:`UsageError` when the model does not
     accept ``model.args``."""
@@ -56,21 +57,21 @@ def create_model(recipe: dict, num_classes: int | None, *, meta: bool = False):
     try:
         return _timm_model(recipe, num_classes, args, meta=meta)
     except UsageError as e:
-        if "img_size" in args and "img_size" not in recipe["model"]["args"]:
+        if "img_size" in args and "img_size" not in recipe.model.args:
             raise UsageError(
-                f"{e} (img_size={args['img_size']} is data.image_size: {recipe['model']['name']!r} takes a fixed "
+                f"{e} (img_size={args['img_size']} is data.image_size: {recipe.model.name!r} takes a fixed "
                 "input size, built for the training crops)"
             ) from None
         raise
 
 
-def data_config(model, recipe: dict) -> dict:
+def data_config(model, recipe: Recipe) -> dict:
     """The model's timm data config (``timm.data.resolve_model_data_config``) with the training crop size as timm's
     ``img_size`` argument: ``data.image_size``, else ``model.args.img_size`` (square: preflight refuses another),
     else the model's own. The channel count stays the model's."""
     from timm.data import resolve_model_data_config
 
-    size = recipe["data"]["image_size"] or recipe["model"]["args"].get("img_size")
+    size = recipe.data.image_size or recipe.model.args.get("img_size")
     if isinstance(size, (list, tuple)):
         size = size[-1]
     if not size:
@@ -79,37 +80,35 @@ def data_config(model, recipe: dict) -> dict:
     return dict(resolve_model_data_config(model, args={"in_chans": channels, "img_size": int(size)}))
 
 
-def freeze_model(model, recipe: dict):
+def freeze_model(model, recipe: Recipe):
     """The model frozen as ``model.freeze`` says (:func:`inat_zoo.freeze.apply_freeze`), in channels_last memory
     format when ``train.channels_last`` asks."""
     import torch
 
-    freeze = recipe["model"]["freeze"]
-    if freeze != "none":
+    freeze = recipe.model.freeze
+    if freeze.kind != "none":
         from ..freeze import apply_freeze
 
         model = apply_freeze(model, freeze)
-    if recipe["train"]["channels_last"]:
+    if recipe.train.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
 
 
 # -------------------------------------------------------------------------------------- optimizer, schedule
-def param_groups(model, recipe: dict) -> list[dict]:
+def param_groups(model, recipe: Recipe) -> list[dict]:
     """timm's parameter groups (no weight decay on 1-d params nor on the model's ``no_weight_decay()``, optional
     layer-wise lr scale) over trainable params: the groups ``create_optimizer_v2`` builds."""
     from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
-    train_config = recipe["train"]
+    train_config = recipe.train
     skip = getattr(model, "no_weight_decay", set)()  # as create_optimizer_v2 does (e.g. a ViT's pos_embed)
-    if train_config["layer_decay"] is not None:
-        return param_groups_layer_decay(
-            model, train_config["weight_decay"], skip, layer_decay=train_config["layer_decay"]
-        )
-    return param_groups_weight_decay(model, train_config["weight_decay"], no_weight_decay_list=skip)
+    if train_config.layer_decay is not None:
+        return param_groups_layer_decay(model, train_config.weight_decay, skip, layer_decay=train_config.layer_decay)
+    return param_groups_weight_decay(model, train_config.weight_decay, no_weight_decay_list=skip)
 
 
-def add_param_groups(optimizer, model, recipe: dict, new_ids: set[int]) -> None:
+def add_param_groups(optimizer, model, recipe: Recipe, new_ids: set[int]) -> None:
     """Add the parameters whose ids are in ``new_ids`` (just unfrozen) to ``optimizer``, in the groups that
     :func:`param_groups` gives them (their weight decay and layer-wise lr scale)."""
     for group in param_groups(model, recipe):
@@ -118,40 +117,40 @@ def add_param_groups(optimizer, model, recipe: dict, new_ids: set[int]) -> None:
             optimizer.add_param_group({**{k: v for k, v in group.items() if k != "param_names"}, "params": params})
 
 
-def create_optimizer(model, recipe: dict):
+def create_optimizer(model, recipe: Recipe):
     """timm's ``create_optimizer_v2`` over the model's trainable parameters (groups as :func:`param_groups`)."""
     from timm.optim import create_optimizer_v2
 
-    train_config = recipe["train"]
+    train_config = recipe.train
     return create_optimizer_v2(
         model,
-        opt=train_config["optimizer"],
-        lr=train_config["lr"],
-        weight_decay=train_config["weight_decay"],
-        layer_decay=train_config["layer_decay"],
+        opt=train_config.optimizer,
+        lr=train_config.lr,
+        weight_decay=train_config.weight_decay,
+        layer_decay=train_config.layer_decay,
     )
 
 
-def create_scheduler(optimizer, recipe: dict, updates_per_epoch: int):
+def create_scheduler(optimizer, recipe: Recipe, updates_per_epoch: int):
     """timm's ``create_scheduler_v2``, stepped per optimizer update (``step_update``); None for ``scheduler: none``."""
     from timm.scheduler import create_scheduler_v2
 
-    train_config = recipe["train"]
-    if train_config["scheduler"] == "none":
+    train_config = recipe.train
+    if train_config.scheduler == "none":
         return None
     kwargs = {}
-    if train_config["decay_epochs"] is not None:
-        kwargs["decay_epochs"] = train_config["decay_epochs"]
-    elif train_config["scheduler"] == "step":
-        kwargs["decay_epochs"] = max(1, train_config["epochs"] // 3)
+    if train_config.decay_epochs is not None:
+        kwargs["decay_epochs"] = train_config.decay_epochs
+    elif train_config.scheduler == "step":
+        kwargs["decay_epochs"] = max(1, train_config.epochs // 3)
     scheduler, _ = create_scheduler_v2(
         optimizer,
-        sched=train_config["scheduler"],
-        num_epochs=train_config["epochs"],
-        warmup_epochs=train_config["warmup_epochs"],
-        warmup_lr=train_config["warmup_lr"],
-        min_lr=train_config["min_lr"],
-        decay_rate=train_config["decay_rate"],
+        sched=train_config.scheduler,
+        num_epochs=train_config.epochs,
+        warmup_epochs=train_config.warmup_epochs,
+        warmup_lr=train_config.warmup_lr,
+        min_lr=train_config.min_lr,
+        decay_rate=train_config.decay_rate,
         warmup_prefix=False,
         step_on_epochs=False,
         updates_per_epoch=updates_per_epoch,
@@ -160,7 +159,7 @@ def create_scheduler(optimizer, recipe: dict, updates_per_epoch: int):
     return scheduler
 
 
-def create_ema(model, recipe: dict, accelerator):
+def create_ema(model, recipe: Recipe, accelerator):
     """timm's ``ModelEmaV3`` of the model (decay 0.9998 for ``train.ema: true``, else the given float), registered
     for checkpointing; None when ``train.ema`` is false.
 
@@ -168,7 +167,7 @@ def create_ema(model, recipe: dict, accelerator):
     its decay warm-up ``use_warmup=True``); the model is moved to the accelerator's device first so the copy lives
     there too.
     """
-    ema = recipe["train"]["ema"]
+    ema = recipe.train.ema
     if ema is False:
         return None
     from timm.utils import ModelEmaV3
@@ -188,7 +187,8 @@ def current_lr(optimizer) -> float:
 
 
 def flat_config(recipe: dict, prefix: str = "") -> dict:
-    """The recipe as one level of dotted keys (the tracker's config); non-scalar leaves as JSON strings."""
+    """The recipe (as dumped: :meth:`Recipe.model_dump`) as one level of dotted keys (the tracker's config);
+    non-scalar leaves as JSON strings."""
     out = {}
     for key, value in recipe.items():
         if isinstance(value, dict) and value:
@@ -225,7 +225,7 @@ class RunParts:
     cached: bool
 
 
-def create_accelerator(recipe: dict):
+def create_accelerator(recipe: Recipe):
     """The run's ``Accelerator`` (mixed precision, accumulation, W&B tracking, seedable sampler), the global seed set.
 
     A process may train several recipes (sweeps, tests): the previous run's accelerate settings are forgotten first
@@ -233,23 +233,22 @@ def create_accelerator(recipe: dict):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
-    train_config = recipe["train"]
     reset_accelerator_state()
     accelerator = Accelerator(
-        mixed_precision=train_config["mixed_precision"],
-        gradient_accumulation_steps=train_config["grad_accum_steps"],
-        log_with="wandb" if recipe["track"]["wandb"] else None,
+        mixed_precision=recipe.train.mixed_precision,
+        gradient_accumulation_steps=recipe.train.grad_accum_steps,
+        log_with="wandb" if recipe.track.wandb else None,
         project_config=ProjectConfiguration(
-            project_dir=str(Path(recipe["output_dir"])), automatic_checkpoint_naming=False
+            project_dir=str(Path(recipe.output_dir)), automatic_checkpoint_naming=False
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
     )
-    set_seed(recipe["seed"])
+    set_seed(recipe.seed)
     return accelerator
 
 
-def build_run(recipe: dict) -> RunParts:
+def build_run(recipe: Recipe) -> RunParts:
     """Assemble a validated recipe's run: accelerator, data, model, loaders, optimizer, EMA, prepared by accelerate.
 
     The steps run in this order on purpose (see the module docstring). The criterion is torch's
@@ -275,18 +274,18 @@ def build_run(recipe: dict) -> RunParts:
             core, splits, eval_transform, config, recipe, accelerator
         )
     optimizer = create_optimizer(core, recipe)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe["train"]["label_smoothing"])
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.train.label_smoothing)
     ema = create_ema(core, recipe, accelerator)
     model = core
     if cached:
         from ..feature_cache import HeadOnly
 
         model = HeadOnly(core)  # shares the head's parameters: training it trains (and exports) the model
-    if recipe["train"]["compile"]:
+    if recipe.train.compile:
         model = torch.compile(model)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     # the timm scheduler is stepped by the loop with the real update count of this process (not prepared)
-    updates_per_epoch = math.ceil(len(train_loader) / recipe["train"]["grad_accum_steps"])
+    updates_per_epoch = math.ceil(len(train_loader) / recipe.train.grad_accum_steps)
     scheduler = create_scheduler(optimizer.optimizer, recipe, updates_per_epoch)
     return RunParts(
         accelerator, core, model, optimizer, train_loader, val_loader, scheduler, ema, criterion, label_names,

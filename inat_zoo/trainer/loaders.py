@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 from ..errors import UsageError
+from ..recipe_schema import Recipe
 
 
-def load_splits(recipe: dict, accelerator):
+def load_splits(recipe: Recipe, accelerator):
     """The train / validation / test splits of ``data.root`` (``load_inat12k``), resized into the prepared Arrow
     cache when ``data.prepared_cache`` asks (after the model is known: see :func:`prepare_splits`)."""
     from ..data import load_inat12k
 
-    data = recipe["data"]
+    data = recipe.data
     with accelerator.main_process_first():  # one process fills the datasets cache, the others reuse it
-        return load_inat12k(
-            data["root"], val_fraction=data["val_fraction"], seed=recipe["seed"], strict=data["strict"]
-        )
+        return load_inat12k(data.root, val_fraction=data.val_fraction, seed=recipe.seed, strict=data.strict)
 
 
-def prepare_splits(splits, recipe: dict, data_config: dict, accelerator):
+def prepare_splits(splits, recipe: Recipe, data_config: dict, accelerator):
     """``data.prepared_cache``: the splits decoded once at the short side the crops need; else unchanged."""
-    if not recipe["data"]["prepared_cache"]:
+    if not recipe.data.prepared_cache:
         return splits
     from ..data import prepare_dataset
     from ..data.transforms import decode_short_side
@@ -62,31 +61,31 @@ def image_loader(
     )
 
 
-def eval_batch_size(recipe: dict) -> int:
+def eval_batch_size(recipe: Recipe) -> int:
     """Images per evaluation batch: ``train.eval_batch_size``, else ``train.batch_size``."""
-    return recipe["train"]["eval_batch_size"] or recipe["train"]["batch_size"]
+    return recipe.train.eval_batch_size or recipe.train.batch_size
 
 
-def image_loaders(splits, recipe: dict, data_config: dict):
+def image_loaders(splits, recipe: Recipe, data_config: dict):
     """``(train_loader, val_loader, eval_transform)`` over images; the test split is scored once, at the end, by the
     one evaluation function (:meth:`inat_zoo.trainer.loop.Trainer.finish`), not by a loader here."""
     import torch
 
     from ..data import create_image_transform
 
-    train_transform = create_image_transform(data_config, is_training=True, augment=recipe["data"]["augment"])
+    train_transform = create_image_transform(data_config, is_training=True, augment=recipe.data.augment)
     eval_transform = create_image_transform(data_config, is_training=False)
     pin_memory = torch.cuda.is_available()
-    num_workers = recipe["data"]["num_workers"]
+    num_workers = recipe.data.num_workers
     train_loader = image_loader(
         splits["train"],
         train_transform,
         data_config,
-        recipe["train"]["batch_size"],
+        recipe.train.batch_size,
         train=True,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        seed=recipe["seed"],
+        seed=recipe.seed,
     )
     val_loader = image_loader(
         splits["validation"],
@@ -100,25 +99,25 @@ def image_loaders(splits, recipe: dict, data_config: dict):
     return train_loader, val_loader, eval_transform
 
 
-def feature_cache_wanted(model, recipe: dict, accelerator) -> bool:
+def feature_cache_wanted(model, recipe: Recipe, accelerator) -> bool:
     """``train.head_feature_cache``; ``auto``: for freeze=head when the model allows the cut, nothing needs the full
     model in the loop and the recipe asks for no augmentation of its own (``data.augment``). Raises
     :class:`UsageError` when ``true`` is asked and not possible."""
     from ..feature_cache import why_no_feature_cache
 
-    setting = recipe["train"]["head_feature_cache"]
-    if setting is False or recipe["model"]["freeze"] != "head":
+    setting = recipe.train.head_feature_cache
+    if setting is False or recipe.model.freeze.kind != "head":
         if setting is True:
             raise UsageError("train.head_feature_cache=true needs model.freeze=head")
         return False
     reason = why_no_feature_cache(model)
-    if reason is None and recipe["train"]["ema"] is not False:
+    if reason is None and recipe.train.ema is not False:
         reason = "train.ema averages the whole model"
-    if reason is None and recipe["model"]["unfreeze"]:
+    if reason is None and recipe.model.unfreeze:
         reason = "model.unfreeze changes the frozen part"
-    if reason is None and recipe["data"]["augment"]:
+    if reason is None and recipe.data.augment:
         # the recipe asks for augmentation that fixed features of the evaluation view cannot give
-        reason = f"data.augment sets {', '.join(sorted(recipe['data']['augment']))}"
+        reason = f"data.augment sets {', '.join(sorted(recipe.data.augment))}"
     if reason is not None:
         if setting is True:
             raise UsageError(f"train.head_feature_cache=true is not possible: {reason}")
@@ -127,7 +126,7 @@ def feature_cache_wanted(model, recipe: dict, accelerator) -> bool:
     return True
 
 
-def cached_feature_loaders(model, splits, eval_transform, data_config: dict, recipe: dict, accelerator):
+def cached_feature_loaders(model, splits, eval_transform, data_config: dict, recipe: Recipe, accelerator):
     """Run the frozen backbone once over train and validation (evaluation transform); returns ``(train_loader,
     val_loader)`` over pooled features. (The test split is scored by the full model at the end.)
 
@@ -137,7 +136,7 @@ def cached_feature_loaders(model, splits, eval_transform, data_config: dict, rec
 
     model.to(accelerator.device)
     cache = FeatureCache(model)
-    num_workers = recipe["data"]["num_workers"]
+    num_workers = recipe.data.num_workers
     batch_size = eval_batch_size(recipe)
     pin_memory = accelerator.device.type == "cuda"
     features = {}
@@ -149,7 +148,7 @@ def cached_feature_loaders(model, splits, eval_transform, data_config: dict, rec
         # each rank extracts its shard; gather_for_metrics inside gives every rank the whole split
         loader = accelerator.prepare_data_loader(images)
         features[split] = cache.get(split, loader, accelerator, progress=accelerator.is_main_process)
-    train_batch_size = recipe["train"]["batch_size"]
+    train_batch_size = recipe.train.batch_size
     train_loader = feature_loader(
         features["train"], train_batch_size, train=True, num_workers=0, pin_memory=pin_memory
     )

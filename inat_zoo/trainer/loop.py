@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..recipe_schema import Recipe
 from ..rundir import exported_epoch, read_checkpoint_state, write_history, write_metrics
 from .accelerate_compat import rewrap_ddp
 from .build import add_param_groups, build_run, create_scheduler, current_lr, flat_config
@@ -18,10 +19,10 @@ EpochCallback = Callable[[int, dict], None]
 class Trainer:
     """One run's pieces and the loop over them; an object so resume, unfreeze and checkpoints share state."""
 
-    def __init__(self, recipe: dict, resume_from: Path | None, epoch_callback: EpochCallback | None):
+    def __init__(self, recipe: Recipe, resume_from: Path | None, epoch_callback: EpochCallback | None):
         self.recipe = recipe
-        self.train_config = recipe["train"]
-        self.output_dir = Path(recipe["output_dir"])
+        self.train_config = recipe.train
+        self.output_dir = Path(recipe.output_dir)
         self.resume_from, self.epoch_callback = resume_from, epoch_callback
         parts = build_run(recipe)
         self.accelerator, self.core, self.model = parts.accelerator, parts.core, parts.model
@@ -31,7 +32,7 @@ class Trainer:
         self.label_names, self.data_config = parts.label_names, parts.data_config
         self.params_total, self.updates_per_epoch = parts.params_total, parts.updates_per_epoch
         self.state = TrainerState()
-        self.log_every = 10 if recipe["track"]["wandb"] else 0  # per-step metrics for the tracker, every N updates
+        self.log_every = 10 if recipe.track.wandb else 0  # per-step metrics for the tracker, every N updates
         self.trainable_params = sum(p.numel() for p in self.core.parameters() if p.requires_grad)
 
     @property
@@ -50,7 +51,7 @@ class Trainer:
             write_history(self.output_dir, self.state.history)
 
     def _save_checkpoint(self) -> None:
-        save_checkpoint(self.accelerator, self.output_dir, self.state, self.train_config["keep_checkpoints"])
+        save_checkpoint(self.accelerator, self.output_dir, self.state, self.train_config.keep_checkpoints)
 
     def _export(self) -> None:
         module = self._eval_module(unwrap=True)
@@ -85,7 +86,7 @@ class Trainer:
         inner = self.optimizer.optimizer
         add_param_groups(inner, self.core, self.recipe, new)
         if accelerator.num_processes > 1:
-            self.model = rewrap_ddp(accelerator, self.core, compile_model=self.train_config["compile"])
+            self.model = rewrap_ddp(accelerator, self.core, compile_model=self.train_config.compile)
         self.scheduler = create_scheduler(inner, self.recipe, self.updates_per_epoch)
         if self.scheduler is not None:
             self.scheduler.step_update(self.state.global_update)
@@ -97,7 +98,7 @@ class Trainer:
     # -------------------------------------------------------------------------------------------- the loop
     def evaluate(self, loader, desc: str) -> dict:
         """Accuracy, mean cross-entropy and sample count of the evaluation module over ``loader``, all ranks."""
-        channels_last = self.train_config["channels_last"]
+        channels_last = self.train_config.channels_last
         module = self._eval_module()
         return evaluate_module(self.accelerator, module, loader, channels_last, desc=desc, progress=self.is_main)
 
@@ -131,7 +132,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         for batch in bar:
-            images, labels = batch_inputs(batch, self.train_config["channels_last"])
+            images, labels = batch_inputs(batch, self.train_config.channels_last)
             loss, logits = self._train_step(images, labels)
             state.batches_done += 1
             count = labels.numel()
@@ -146,7 +147,7 @@ class Trainer:
 
     def _train_step(self, images, labels):
         """Forward, backward, and the optimizer step on an accumulation's last micro-batch: ``(loss, logits)``."""
-        accelerator, clip = self.accelerator, self.train_config["clip_grad"]
+        accelerator, clip = self.accelerator, self.train_config.clip_grad
         with accelerator.accumulate(self.model):
             logits = self.model(images)
             loss = self.criterion(logits, labels)
@@ -169,7 +170,7 @@ class Trainer:
             self.ema.update(self.core, step=state.global_update)
         if self.log_every and state.global_update % self.log_every == 0:  # .item() syncs: only when tracked
             accelerator.log({"train/loss": loss.item(), "train/lr": current_lr(self.optimizer)}, state.global_update)
-        every = self.train_config["checkpoint_every_steps"]
+        every = self.train_config.checkpoint_every_steps
         if every and state.global_update % every == 0 and state.batches_done < total:
             state.loop_time_s += time.perf_counter() - self._loop_start
             self._loop_start = time.perf_counter()
@@ -179,21 +180,21 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train the remaining epochs (resuming first when asked), then :meth:`finish`: metrics.json's content."""
-        track = self.recipe["track"]
-        if track["wandb"]:
-            init = {"mode": track["mode"], "dir": str(self.output_dir)}
-            if track["run_name"]:
-                init["name"] = track["run_name"]
-            config = flat_config(self.recipe)
-            self.accelerator.init_trackers(track["project"], config=config, init_kwargs={"wandb": init})
+        track = self.recipe.track
+        if track.wandb:
+            init = {"mode": track.mode, "dir": str(self.output_dir)}
+            if track.run_name:
+                init["name"] = track.run_name
+            config = flat_config(self.recipe.model_dump())
+            self.accelerator.init_trackers(track.project, config=config, init_kwargs={"wandb": init})
         if self.resume_from is not None:
             self._resume()
         state = self.state
-        while state.epoch < self.train_config["epochs"]:
+        while state.epoch < self.train_config.epochs:
             epoch = state.epoch + 1
-            for item in self.recipe["model"]["unfreeze"]:
-                if item["epoch"] == epoch and item["stage"] not in state.unfrozen:
-                    self._unfreeze(item["stage"])
+            for step in self.recipe.model.unfreeze:
+                if step.epoch == epoch and step.stage not in state.unfrozen:
+                    self._unfreeze(step.stage)
             started = time.perf_counter() - state.epoch_time_s
             images_before = state.train_sums[2]
             train_metrics = self.train_epoch(epoch)
@@ -220,7 +221,7 @@ class Trainer:
             self._export()
         accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=state.global_update)
         accelerator.print(
-            f"epoch {epoch}/{self.train_config['epochs']}  train loss {record['train_loss']:.4f} "
+            f"epoch {epoch}/{self.train_config.epochs}  train loss {record['train_loss']:.4f} "
             f"acc {record['train_accuracy']:.4f}  val loss {validation['loss']:.4f} acc {validation['accuracy']:.4f}"
             f"{' *' if improved else ''}  lr {lr:.2e}  {elapsed:.1f}s"
         )
@@ -240,13 +241,13 @@ class Trainer:
         accelerator, state = self.accelerator, self.state
         accelerator.wait_for_everyone()  # model/ holds the best epoch on every rank's view of the disk
         validation = best_validation(state)
-        num_workers = self.recipe["data"]["num_workers"]
+        num_workers = self.recipe.data.num_workers
         test = final_test_metrics(
             self.output_dir, accelerator=accelerator, num_workers=num_workers, progress=self.is_main
         )
         metrics = {
-            "model": self.recipe["model"]["name"],
-            "freeze": self.recipe["model"]["freeze"],
+            "model": self.recipe.model.name,
+            "freeze": str(self.recipe.model.freeze),
             "params": self.params_total,
             "trainable_params": self.trainable_params,
             "best_epoch": state.best_epoch,

@@ -3,27 +3,31 @@ weights, no file)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from ..config import typed_recipe
 from ..errors import UsageError
+from ..recipe_schema import Recipe
 from .build import create_model, data_config
 
 
-def check_data_root(recipe: dict) -> None:
+def check_data_root(recipe: Mapping[str, Any] | Recipe) -> None:
     """``data.root`` is an existing local path or a valid Hub dataset id (the one rule: :mod:`inat_zoo.hub_ids`);
     whether the Hub dataset exists is known when load_inat12k loads it, still before anything is written."""
     from ..hub_ids import resolve_data_root
 
     try:
-        resolve_data_root(recipe["data"]["root"], "data.root")
+        resolve_data_root(typed_recipe(recipe).data.root, "data.root")
     except UsageError as e:
         raise UsageError(f"{e} (run `inat-zoo data download` or `inat-zoo data sample --root DIR`)") from e
 
 
-def _class_count(recipe: dict) -> int | None:
+def _class_count(recipe: Recipe) -> int | None:
     """The classes in ``data.root``/train, listed as the data layer lists them (and its layout checked); None for
     a Hub data set, whose labels are known only once it is loaded (checks then use the model's default)."""
-    root = Path(recipe["data"]["root"])
+    root = Path(recipe.data.root)
     if not root.is_dir():
         return None
     from ..data.checks import scan_root
@@ -32,9 +36,9 @@ def _class_count(recipe: dict) -> int | None:
     return len(train.classes)
 
 
-def preflight(recipe: dict) -> None:
-    """Resolve a validated recipe against its model, built on the meta device for the data's class count (no
-    memory, no weights, no file written), so its mistakes stop the start instead of a later epoch:
+def preflight(recipe: Mapping[str, Any] | Recipe) -> None:
+    """Resolve a recipe (typed, or a mapping parsed here) against its model, built on the meta device for the data's
+    class count (no memory, no weights, no file written), so its mistakes stop the start instead of a later epoch:
 
     - the model name and ``model.args`` (:func:`inat_zoo.trainer.build.create_model`);
     - ``model.freeze`` and every ``model.unfreeze`` stage name against the model's stages
@@ -46,10 +50,11 @@ def preflight(recipe: dict) -> None:
     """
     from ..freeze import check_schedule
 
-    model_section = recipe["model"]
-    _check_square(model_section["args"].get("img_size"))
+    recipe = typed_recipe(recipe)
+    section = recipe.model
+    _check_square(section.args.get("img_size"))
     model = create_model(recipe, _class_count(recipe), meta=True)
-    check_schedule(model, model_section["freeze"], model_section["unfreeze"])
+    check_schedule(model, section.freeze, [(step.epoch, step.stage) for step in section.unfreeze])
     _check_input_size(model, recipe)
 
 
@@ -61,12 +66,12 @@ def _check_square(img_size) -> None:
         )
 
 
-def _check_input_size(model, recipe: dict) -> None:
+def _check_input_size(model, recipe: Recipe) -> None:
     """Run a (2, 3, H, W) meta batch (the RGB crops the loaders make) through the model in eval mode."""
     import torch
 
-    name = recipe["model"]["name"]
-    img_size, image_size = recipe["model"]["args"].get("img_size"), recipe["data"]["image_size"]
+    name = recipe.model.name
+    img_size, image_size = recipe.model.args.get("img_size"), recipe.data.image_size
     height, width = data_config(model, recipe)["input_size"][-2:]
     cfg = getattr(model, "pretrained_cfg", None) or {}
     declared = tuple(cfg.get("input_size", (0, height, width))[-2:])
