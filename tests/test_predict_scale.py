@@ -101,8 +101,11 @@ def test_csv_mistakes_are_found_before_the_model_loads(run, sample_root, tmp_pat
 
 
 def test_device_auto_and_the_progress_bar_on_long_runs(run, photos, monkeypatch, capsys):
-    assert resolve_device("auto") == resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device("cpu") == "cpu"
+    with monkeypatch.context() as patch:
+        for present, device in ((True, "cuda"), (False, "cpu")):
+            patch.setattr(torch.cuda, "is_available", lambda present=present: present)
+            assert resolve_device("auto") == resolve_device(None) == device
+            assert resolve_device("cpu") == "cpu"
     seen = []
     real = predict_module.load_model
     monkeypatch.setattr(predict_module, "load_model", lambda ref, device: seen.append(device) or real(ref, device))
