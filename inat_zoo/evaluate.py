@@ -166,13 +166,37 @@ def evaluate(
     names = [data.images.name(i) for i in result.indices]
     losses = top_losses(result.logits, result.labels, data.class_names, names)
     metrics["top_losses"] = [{k: v for k, v in e.items() if k != "row"} for e in losses]
+    figures = _figures(loaded, data, result, metrics, losses)
+    with atomic_directory(out, overwrite=True) as tmp:
+        write_metrics(tmp, metrics)
+        atomic_write_text(tmp / EVAL_FILES[3], _per_class_csv(metrics["per_class"]))
+        for name, figure in figures.items():
+            save_figure(figure, tmp / name)
 
-    probs = result.logits.softmax(1)
-    conf, preds = probs.max(1)
+    recipe = read_run_recipe(loaded.run_dir)
+    track = recipe.get("track") or {}
+    if wandb if wandb is not None else bool(track.get("wandb")):
+        _log_to_wandb(metrics, result.labels, result.logits.argmax(1), out, loaded, track)
+    logger.info("wrote %s", out)
+    return {**metrics, "out_dir": str(out)}
+
+
+def _figures(
+    loaded: LoadedModel, data: EvalData, result: Evaluation, metrics: dict[str, Any], losses: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The evaluation's pictures by file name: confusion matrix, predictions grid and top losses (``losses``: the
+    entries of :func:`inat_zoo.interpretation.top_losses`, whose ``row`` indexes ``result``)."""
+    _metrics_file, confusion_file, grid_file, _per_class_file, top_losses_file = EVAL_FILES
+    split = data.split
+    conf, preds = result.logits.softmax(1).max(1)
     rows = grid_indices(result.labels, len(data.class_names))
     mean, std = loaded.data_config["mean"], loaded.data_config["std"]
+
+    def picture(row: int) -> np.ndarray:
+        return denormalize(data.images.pixels(result.indices[row]), mean, std)
+
     grid = predictions_grid_figure(
-        [[denormalize(data.images.pixels(result.indices[i]), mean, std) for i in row] for row in rows],
+        [[picture(i) for i in row] for row in rows],
         [[int(result.labels[i]) for i in row] for row in rows],
         [[int(preds[i]) for i in row] for row in rows],
         [[float(conf[i]) for i in row] for row in rows],
@@ -180,24 +204,11 @@ def evaluate(
         split=split,
     )
     title = f"{split}: accuracy {metrics['accuracy']:.1%} on {metrics['num_samples']} images"
-    worst = top_losses_figure(
-        losses, [denormalize(data.images.pixels(result.indices[e["row"]]), mean, std) for e in losses], split
-    )
-    with atomic_directory(out, overwrite=True) as tmp:
-        _metrics_file, confusion_file, grid_file, per_class_file, top_losses_file = EVAL_FILES
-        write_metrics(tmp, metrics)
-        atomic_write_text(tmp / per_class_file, _per_class_csv(metrics["per_class"]))
-        confusion = confusion_matrix_figure(metrics["confusion_matrix"], data.class_names, title)
-        save_figure(confusion, tmp / confusion_file)
-        save_figure(grid, tmp / grid_file)
-        save_figure(worst, tmp / top_losses_file)
-
-    recipe = read_run_recipe(loaded.run_dir)
-    track = recipe.get("track") or {}
-    if wandb if wandb is not None else bool(track.get("wandb")):
-        _log_to_wandb(metrics, result.labels, preds, out, loaded, track)
-    logger.info("wrote %s", out)
-    return {**metrics, "out_dir": str(out)}
+    return {
+        confusion_file: confusion_matrix_figure(metrics["confusion_matrix"], data.class_names, title),
+        grid_file: grid,
+        top_losses_file: top_losses_figure(losses, [picture(e["row"]) for e in losses], split),
+    }
 
 
 def _per_class_csv(per_class: list[dict[str, Any]]) -> str:
