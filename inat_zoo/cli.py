@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("inat_zoo.hub", "build the Hub folder of a run (model card included) and upload it"),
     "sweep": ("inat_zoo.sweep.cli", "hyperparameter sweep with W&B or offline with Optuna"),
     "report": ("inat_zoo.report", "compare runs and sweeps in a table with plots"),
+    "lr-find": ("inat_zoo.lr_find", "learning-rate range test of a recipe (Smith 2017): loss curve and suggested lr"),
     "demo": ("inat_zoo.demo", "the whole pipeline on the embedded synthetic sample"),
 }
 

@@ -1,5 +1,6 @@
 """``inat-zoo evaluate``: the one evaluation of a model on a split, written out as metrics, a confusion matrix, a
-10x3 grid of predictions and a per-class CSV.
+10x3 grid of predictions, a per-class CSV and the error analysis (most-confused pairs, top losses; optional
+test-time augmentation beside the plain figures).
 
 The numbers come from :func:`inat_zoo.evaluation.evaluate_split` (the one evaluation: images, logits and metrics by
 one rule, see :mod:`inat_zoo.evaluation`); this module draws and writes them. The evaluation's names stay importable
@@ -44,9 +45,11 @@ from .evaluation import (
     scalar_metrics,
     top_k_key,
 )
+from .interpretation import most_confused, top_losses, top_losses_figure
 from .loading import LoadedModel, load_model, read_run_recipe
 from .plots import RIGHT, WRONG, denormalize, new_figure, save_figure, show_image, suptitle
 from .rundir import EVAL_FILES, eval_folder, write_metrics
+from .tta import TTA_MODES, check_tta, evaluate_tta
 
 logger = logging.getLogger(__name__)
 
@@ -133,26 +136,67 @@ def evaluate(
     device: str | None = None,
     wandb: bool | None = None,
     progress: bool = True,
+    tta: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate MODEL on a split with :func:`evaluate_split`; writes metrics.json, the two figures and per_class.csv.
+    """Evaluate MODEL on a split with :func:`evaluate_split`; writes metrics.json, the three figures (confusion
+    matrix, predictions grid, top losses) and per_class.csv.
 
+    metrics.json also holds ``most_confused`` and ``top_losses`` (:mod:`inat_zoo.interpretation`) and, with ``tta``
+    (``"flip"`` or ``"multi-crop"``, :mod:`inat_zoo.tta`), a ``tta`` block beside the unchanged plain figures.
     Returns the metrics.json content plus ``out_dir``. ``wandb=None`` follows the run recipe's ``track.wandb``.
+
+    Raises:
+        UsageError: as :func:`load_eval_data`, :func:`check_out_dir` and :func:`inat_zoo.tta.check_tta`, all before
+            anything is written.
     """
     loaded = model_ref if isinstance(model_ref, LoadedModel) else load_model(model_ref, device or default_device())
     data = load_eval_data(loaded, data_root, split)
+    check_tta(tta, data.images)
     # keep <run>/eval for the test results
     out = Path(out_dir) if out_dir is not None else default_out_dir(loaded, eval_folder(split))
     check_out_dir(out, EVAL_FILES)
 
     result = evaluate_split(loaded, data, batch_size=batch_size, num_workers=num_workers, progress=progress)
     metrics = {"model": loaded.ref, "split": split, "data_root": str(data.root), **result.metrics}
+    if tta is not None:
+        metrics["tta"] = evaluate_tta(
+            loaded.model, data, result, tta, batch_size=batch_size, num_workers=num_workers, progress=progress
+        )
+    metrics["most_confused"] = most_confused(metrics["confusion_matrix"], data.class_names)
+    names = [data.images.name(i) for i in result.indices]
+    losses = top_losses(result.logits, result.labels, data.class_names, names)
+    metrics["top_losses"] = [{k: v for k, v in e.items() if k != "row"} for e in losses]
+    figures = _figures(loaded, data, result, metrics, losses)
+    with atomic_directory(out, overwrite=True) as tmp:
+        write_metrics(tmp, metrics)
+        atomic_write_text(tmp / EVAL_FILES[3], _per_class_csv(metrics["per_class"]))
+        for name, figure in figures.items():
+            save_figure(figure, tmp / name)
 
-    probs = result.logits.softmax(1)
-    conf, preds = probs.max(1)
+    recipe = read_run_recipe(loaded.run_dir)
+    track = recipe.get("track") or {}
+    if wandb if wandb is not None else bool(track.get("wandb")):
+        _log_to_wandb(metrics, result.labels, result.logits.argmax(1), out, loaded, track)
+    logger.info("wrote %s", out)
+    return {**metrics, "out_dir": str(out)}
+
+
+def _figures(
+    loaded: LoadedModel, data: EvalData, result: Evaluation, metrics: dict[str, Any], losses: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The evaluation's pictures by file name: confusion matrix, predictions grid and top losses (``losses``: the
+    entries of :func:`inat_zoo.interpretation.top_losses`, whose ``row`` indexes ``result``)."""
+    _metrics_file, confusion_file, grid_file, _per_class_file, top_losses_file = EVAL_FILES
+    split = data.split
+    conf, preds = result.logits.softmax(1).max(1)
     rows = grid_indices(result.labels, len(data.class_names))
     mean, std = loaded.data_config["mean"], loaded.data_config["std"]
+
+    def picture(row: int) -> np.ndarray:
+        return denormalize(data.images.pixels(result.indices[row]), mean, std)
+
     grid = predictions_grid_figure(
-        [[denormalize(data.images.pixels(result.indices[i]), mean, std) for i in row] for row in rows],
+        [[picture(i) for i in row] for row in rows],
         [[int(result.labels[i]) for i in row] for row in rows],
         [[int(preds[i]) for i in row] for row in rows],
         [[float(conf[i]) for i in row] for row in rows],
@@ -160,20 +204,11 @@ def evaluate(
         split=split,
     )
     title = f"{split}: accuracy {metrics['accuracy']:.1%} on {metrics['num_samples']} images"
-    with atomic_directory(out, overwrite=True) as tmp:
-        _metrics_file, confusion_file, grid_file, per_class_file = EVAL_FILES
-        write_metrics(tmp, metrics)
-        atomic_write_text(tmp / per_class_file, _per_class_csv(metrics["per_class"]))
-        confusion = confusion_matrix_figure(metrics["confusion_matrix"], data.class_names, title)
-        save_figure(confusion, tmp / confusion_file)
-        save_figure(grid, tmp / grid_file)
-
-    recipe = read_run_recipe(loaded.run_dir)
-    track = recipe.get("track") or {}
-    if wandb if wandb is not None else bool(track.get("wandb")):
-        _log_to_wandb(metrics, result.labels, preds, out, loaded, track)
-    logger.info("wrote %s", out)
-    return {**metrics, "out_dir": str(out)}
+    return {
+        confusion_file: confusion_matrix_figure(metrics["confusion_matrix"], data.class_names, title),
+        grid_file: grid,
+        top_losses_file: top_losses_figure(losses, [picture(e["row"]) for e in losses], split),
+    }
 
 
 def _per_class_csv(per_class: list[dict[str, Any]]) -> str:
@@ -252,18 +287,29 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wandb", action=argparse.BooleanOptionalAction, default=None, help="log to W&B (default: the recipe's)"
     )
+    parser.add_argument(
+        "--tta",
+        metavar="MODE",
+        default=None,
+        help="also score with test-time augmentation, reported beside the plain figures as 'tta': flip (image + "
+        "horizontal flip) or multi-crop (four corners + centre); softmax probabilities averaged. One of: "
+        + ", ".join(TTA_MODES),
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``inat-zoo evaluate`` and print the summary line; returns 0.
 
     Raises:
-        UsageError: ``--batch-size`` below 1 or negative ``--num-workers`` (and whatever :func:`evaluate` raises).
+        UsageError: ``--batch-size`` below 1, negative ``--num-workers``, an unknown ``--tta`` mode (and whatever
+            :func:`evaluate` raises).
     """
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.num_workers < 0:
         raise UsageError(f"--num-workers must be 0 or more, got {args.num_workers}")
+    if args.tta is not None and args.tta not in TTA_MODES:  # before the model loads (evaluate checks it again)
+        raise UsageError(f"unknown --tta mode {args.tta!r}; choose one of {', '.join(TTA_MODES)}")
     metrics = evaluate(
         args.model,
         args.data_root,
@@ -273,11 +319,14 @@ def run_cli(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         device=args.device,
         wandb=args.wandb,
+        tta=args.tta,
     )
     k = metrics["top_k"]
+    tta = metrics.get("tta")
+    tta_text = f", TTA ({tta['mode']}) accuracy {tta['accuracy']:.4f}" if tta else ""
     print(
         f"{metrics['split']}: accuracy {metrics['accuracy']:.4f}, top-{k} {metrics[top_k_key(k)]:.4f}, "
-        f"macro F1 {metrics['macro_f1']:.4f} on {metrics['num_samples']} images -> {metrics['out_dir']}"
+        f"macro F1 {metrics['macro_f1']:.4f}{tta_text} on {metrics['num_samples']} images -> {metrics['out_dir']}"
     )
     return 0
 

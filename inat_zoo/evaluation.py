@@ -3,7 +3,8 @@
 :func:`evaluate_split` is the only code that turns a model and a split into test numbers: training's final test pass
 (``metrics.json``'s ``test`` block), ``inat-zoo evaluate`` (``eval/metrics.json``, written by
 :mod:`inat_zoo.evaluate`) and so the model card all report its output, field for field. ``predict`` and the labels on
-the ``explain`` pictures go through the same :func:`model_logits`. The rule (recorded in every result's
+the ``explain`` pictures go through the same :func:`model_logits`, and so do the views of test-time augmentation
+(:mod:`inat_zoo.tta`, reported beside these numbers, never instead of them). The rule (recorded in every result's
 ``evaluation`` field):
 
 - the original image files of the split (never the training pipeline's resized copies or reduced-scale decodes),

@@ -48,9 +48,11 @@ INAT12K_CLASSES = (
     "Reptilia",
 )
 SYNTHETIC_PREFIX = "synth_"  # class names of inat_zoo.data.sample
+MOST_CONFUSED = 5  # rows of the card's most-confused table
 _IMAGE_TITLES = {
     "confusion_matrix": ("Confusion matrix", "Rows: true class, columns: predicted class, on the {split} split."),
     "predictions_grid": ("Predictions", "Three {split} images per class; wrong predictions in red."),
+    "top_losses": ("Top losses", "The {split} images with the highest loss: true and predicted class, probabilities."),
     "filters": ("First-layer filters", "The first convolution's filters and their activation maps for one image."),
     "guided_backprop": (
         "Guided backpropagation",
@@ -278,6 +280,8 @@ def _results(run: RunFiles) -> tuple[list[dict[str, str]], dict[str, Any]]:
                 "source": source,
             }
         )
+        tta_row = _tta_row(run)
+        rows += [tta_row] if tta_row else []
         notes = {
             "test_source": source,
             "test_rule": _rule_text(block),
@@ -286,6 +290,31 @@ def _results(run: RunFiles) -> tuple[list[dict[str, str]], dict[str, Any]]:
             "test_samples": block.get("num_samples"),
         }
     return rows, notes
+
+
+def _tta_row(run: RunFiles) -> dict[str, str] | None:
+    """The results row of ``inat-zoo evaluate --tta`` (eval/metrics.json ``tta``), beside the plain test row."""
+    tta = (evaluate_test_metrics(run.eval_metrics) or {}).get("tta")
+    if not isinstance(tta, dict) or not isinstance(tta.get("accuracy"), (int, float)):
+        return None
+    k, top = _top_k(tta)
+    mode = tta.get("mode", "?")
+    return {
+        "split": f"test, TTA ({mode})",
+        "accuracy": _pct(tta["accuracy"]),
+        "top_k": f"{_pct(top)} (top-{k})" if k else "–",
+        "macro_f1": _pct(tta.get("macro_f1")),
+        "loss": _loss(tta.get("loss")),
+        "num_samples": _fmt(tta.get("num_samples")),
+        "source": f"`inat-zoo evaluate --tta {mode}` (`{PUBLISHED_EVAL_METRICS_FILE}`): mean softmax over the views",
+    }
+
+
+def _error_analysis(run: RunFiles) -> dict[str, Any]:
+    """The template's fields from ``inat-zoo evaluate``'s test result: the TTA mode and the most-confused pairs."""
+    ev = evaluate_test_metrics(run.eval_metrics) or {}
+    tta = ev.get("tta") if _tta_row(run) else None
+    return {"tta_mode": (tta or {}).get("mode"), "most_confused": list(ev.get("most_confused") or [])[:MOST_CONFUSED]}
 
 
 def _loss(value: Any) -> str:
@@ -431,6 +460,7 @@ def build_model_card(
         skipped_images=notes["skipped"],
         test_samples=_fmt(notes.get("test_samples")),
         result_images=_result_images(run, eval_images, curves),
+        **_error_analysis(run),
         explain_images=[_image_entry(p) for p in _ordered(explain_images)],
         **_model_fields(run.config, run.metrics),
         **training,

@@ -8,7 +8,7 @@ Layout of ``<run>/`` (every other module asks this one for a path or a file's co
     model/                      timm ``save_for_hf`` folder of the best epoch (validation accuracy)
     checkpoints/checkpoint_N/   accelerate state after N optimizer updates; trainer_state.json written last
     metrics.json                written last: the validation and test results of the kept model
-    eval/, eval_<split>/        ``inat-zoo evaluate`` (metrics.json, two figures, per_class.csv)
+    eval/, eval_<split>/        ``inat-zoo evaluate`` (metrics.json, three figures, per_class.csv)
     explain/, explain_images/   ``inat-zoo explain`` pictures (of test images / of the user's own --image files)
     .train.lock                 held by the training writing into the folder
 
@@ -41,7 +41,7 @@ CHECKPOINTS = "checkpoints"
 LOCK_FILE = ".train.lock"  # held (lockf) by the training writing into the run directory
 STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks the checkpoint complete
 EVAL_FOLDER = "eval"
-EVAL_FILES = (METRICS_FILE, "confusion_matrix.png", "predictions_grid.png", "per_class.csv")
+EVAL_FILES = (METRICS_FILE, "confusion_matrix.png", "predictions_grid.png", "per_class.csv", "top_losses.png")
 PUBLISHED_EVAL_METRICS_FILE = f"{EVAL_FOLDER}_{METRICS_FILE}"  # eval/metrics.json in a published (Hub) folder
 EXPLAIN_FOLDER = "explain"
 # pictures of the user's own --image files: beside the run's explain/ pictures, never instead of them, and not

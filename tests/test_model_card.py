@@ -91,3 +91,30 @@ def test_the_card_names_absent_classes_skipped_images_and_the_top_k(tmp_path):
     assert "no test image of synth_class9" in card.text and "1 unreadable test image(s) were skipped" in card.text
     validation = next(line for line in card.text.splitlines() if line.startswith("| validation |"))
     assert "the training loop at epoch 2" in validation  # the validation number names its source too
+
+
+def test_the_card_shows_tta_beside_the_plain_row_the_most_confused_pairs_and_the_top_losses(tmp_path):
+    run, _ = _make_run(tmp_path / "run")
+    pairs = [{"true": LABELS[i], "predicted": LABELS[i + 1], "count": 7 - i} for i in range(7)]
+    tta = {"mode": "flip", "accuracy": 0.8, "top5_accuracy": 0.95, "top_k": 5, "macro_f1": 0.79, "loss": 0.9,
+           "num_samples": 40}  # fmt: skip
+    _write(run, _evaluation(0.775, 0.7612), _evaluation(0.775, 0.7612, tta=tta, most_confused=pairs))
+    images = ["images/eval/confusion_matrix.png", "images/eval/top_losses.png", "images/eval/predictions_grid.png"]
+    card = build_model_card(hub.read_run(run), REPO_ID, eval_images=images)
+    lines = card.text.splitlines()
+    test_row = next(i for i, line in enumerate(lines) if line.startswith("| test |"))
+    cells = [c.strip() for c in lines[test_row + 1].strip("|").split("|")]
+    assert cells[:6] == ["test, TTA (flip)", "80.00%", "95.00% (top-5)", "79.00%", "0.9", "40"]
+    assert cells[6].startswith("`inat-zoo evaluate --tta flip` (`eval_metrics.json`)")
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"accuracy": 0.775, "f1": 0.7612}
+    table = [line for line in lines if line.startswith(f"| {LABELS[0]} |") or line.startswith("| True class |")]
+    assert table[0] == "| True class | Predicted as | Images |" and table[1] == f"| {LABELS[0]} | {LABELS[1]} | 7 |"
+    assert sum(1 for line in lines if line.count("|") == 4 and line.split("|")[3].strip().isdigit()) == 5
+    assert "Every test number above but the TTA row (and in this card's metadata) comes from one" in card.text
+    assert "![Top losses](images/eval/top_losses.png)" in card.text
+    order = [card.text.index(f"![{title}]") for title in ("Confusion matrix", "Predictions", "Top losses")]
+    assert order == sorted(order)
+
+    _write(run, eval_metrics=_evaluation(0.775, 0.7612))  # an evaluation without TTA nor error analysis
+    card = build_model_card(hub.read_run(run), REPO_ID)
+    assert "TTA" not in card.text and "Most-confused" not in card.text

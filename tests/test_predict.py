@@ -1,5 +1,6 @@
 """`inat-zoo predict`: top-k labels with probabilities from the model's own preprocessing (the one evaluation rule);
-an unreadable named file is one line and exit 2, unreadable files inside a folder are skipped and named."""
+an unreadable file is one line and exit 2 (a named one before the model loads), or with --skip-bad skipped and
+named."""
 
 import json
 import logging
@@ -14,6 +15,7 @@ import timm
 import torch
 
 from inat_zoo.cli import main
+from inat_zoo.errors import UsageError
 from inat_zoo.evaluate import evaluate_split, load_eval_data
 from inat_zoo.loading import load_model
 from inat_zoo.predict import predict
@@ -131,12 +133,14 @@ def test_predict_on_a_folder_agrees_with_the_evaluation_bit_for_bit(run, sample_
     assert len(json.loads(capsys.readouterr().out)) == 40  # a folder gives a list
 
 
-def test_predict_on_a_folder_skips_unreadable_files_and_names_them(run, sample_root, tmp_path, caplog):
+def test_predict_on_a_folder_with_skip_bad_skips_unreadable_files_and_names_them(run, sample_root, tmp_path, caplog):
     folder = tmp_path / "photos"
     shutil.copytree(sample_root / "val", folder)
     bad = unreadable_files(folder / "junk")
+    with pytest.raises(UsageError, match=r"junk/.*\(one of 4 unreadable images; --skip-bad skips unreadable images\)"):
+        predict([folder], str(run), top_k=1)  # without skip_bad: an error, as for a file named directly
     with caplog.at_level(logging.WARNING, logger="inat_zoo.predict"):
-        results = predict([folder], str(run), top_k=1)
+        results = predict([folder], str(run), top_k=1, skip_bad=True)
     assert len(results) == 40 and not {str(p) for p in bad.values()} & {r["image"] for r in results}
     (message,) = [r.getMessage() for r in caplog.records]
     assert "skipped 4 unreadable image(s)" in message and all(str(p) in message for p in bad.values())
