@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UsageError
+from .recipe_schema import Recipe
 
 LR_FIND_FILES = ("lr_find.png", "lr_find.json")
 BETA = 0.98  # fastai's smoothing of the recorded loss
@@ -66,9 +67,9 @@ class RangeTestParts:
     channels_last: bool
 
 
-def build_parts(recipe: dict, device: str) -> RangeTestParts:
+def build_parts(recipe: Recipe, device: str) -> RangeTestParts:
     """The recipe's model, optimizer, loss and training loader, from the trainer's factories: the ONE place this
-    module calls them (adapt it when the factories take the typed recipe). Raises :class:`UsageError` as the
+    module calls them. Raises :class:`UsageError` as the
     trainer's preflight checks do (data root, model, freeze strategy, input size)."""
     import torch
     from accelerate.utils import set_seed
@@ -78,7 +79,7 @@ def build_parts(recipe: dict, device: str) -> RangeTestParts:
 
     check_data_root(recipe)
     preflight(recipe)
-    set_seed(recipe["seed"])  # python, numpy and torch: the same model init and batches as a run of the recipe
+    set_seed(recipe.seed)  # python, numpy and torch: the same model init and batches as a run of the recipe
     process = _OneProcess()
     splits = loaders.load_splits(recipe, process)
     model = build.create_model(recipe, len(splits["train"].features["label"].names))
@@ -87,9 +88,9 @@ def build_parts(recipe: dict, device: str) -> RangeTestParts:
     model = build.freeze_model(model, recipe).to(device)
     train_loader, _val_loader, _eval_transform = loaders.image_loaders(splits, recipe, config)
     optimizer = build.create_optimizer(model, recipe)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe["train"]["label_smoothing"])
-    train = recipe["train"]
-    return RangeTestParts(model, optimizer, train_loader, criterion, train["clip_grad"], train["channels_last"])
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.train.label_smoothing)
+    train = recipe.train
+    return RangeTestParts(model, optimizer, train_loader, criterion, train.clip_grad, train.channels_last)
 
 
 def exponential_lrs(start_lr: float, end_lr: float, num_iter: int) -> list[float]:
@@ -209,7 +210,7 @@ def lr_find(
             once; all before anything is written.
     """
     from .atomic import atomic_directory, atomic_write_json
-    from .config import load_recipe
+    from .config import load_typed_recipe
     from .evaluate import check_out_dir
     from .evaluation import float32_math
     from .plots import save_figure
@@ -218,13 +219,13 @@ def lr_find(
     check_settings(start_lr, end_lr, num_iter)
     out = Path(out_dir)
     check_out_dir(out, LR_FIND_FILES)
-    recipe = load_recipe(recipe_path, overrides)
+    recipe = load_typed_recipe(recipe_path, overrides)
     device = resolve_device(device)
     parts = build_parts(recipe, device)
     with float32_math():
         curve = range_test(parts, exponential_lrs(start_lr, end_lr, num_iter), device)
     suggested, index = suggest_lr(curve["lr"], curve["loss"])
-    model = recipe["model"]
+    model = recipe.model
     result = {
         "suggested_lr": suggested,
         "rule": RULE,
@@ -233,15 +234,15 @@ def lr_find(
         "settings": {"start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "beta": BETA, "device": device},
         "recipe": str(recipe_path),
         "overrides": list(overrides),
-        "model": model["name"],
-        "freeze": model["freeze"],
-        "optimizer": recipe["train"]["optimizer"],
-        "batch_size": recipe["train"]["batch_size"],
+        "model": model.name,
+        "freeze": str(model.freeze),
+        "optimizer": recipe.train.optimizer,
+        "batch_size": recipe.train.batch_size,
         "iterations": len(curve["lr"]),
         "diverged": curve["diverged"],
         "curve": {key: curve[key] for key in ("lr", "loss", "raw_loss")},
     }
-    title = f"LR range test: {model['name']} (freeze {model['freeze']}, {recipe['train']['optimizer']})"
+    title = f"LR range test: {model.name} (freeze {model.freeze}, {recipe.train.optimizer})"
     figure = lr_find_figure(curve, suggested, index, title)
     with atomic_directory(out, overwrite=True) as tmp:
         picture, data = LR_FIND_FILES
