@@ -13,6 +13,8 @@ gradio is an optional extra (it caps Pillow below 13): without it the command is
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -211,14 +213,18 @@ def serve(
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device or default_device())
     demo = build_demo(loaded, example_images(loaded))
+    gradio_says = io.StringIO()  # Gradio prints several lines when the share link fails: ours is one line
     try:
-        demo.launch(
-            server_name=host, server_port=port, share=share, prevent_thread_lock=True, ssr_mode=False, quiet=True
-        )
+        with contextlib.redirect_stdout(gradio_says):
+            demo.launch(
+                server_name=host, server_port=port, share=share, prevent_thread_lock=True, ssr_mode=False, quiet=True
+            )
     except OSError as e:  # "Cannot find empty port", address not available
         raise UsageError(f"cannot start the app on {host}:{port or 'a free port'}: {' '.join(str(e).split())}") from e
     if share and not demo.share_url:
-        demo.close()
+        logger.debug("gradio: %s", gradio_says.getvalue())
+        with contextlib.redirect_stdout(io.StringIO()):
+            demo.close()
         raise UsageError("--share: could not reach Gradio's share server (no network?); run without --share")
     return demo
 
