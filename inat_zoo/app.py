@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'inat-zoo[app]'"
 TOP_K = 5
 MAX_EXAMPLES = 6
+OVERLAY_MIN_SIDE = 224  # pixels: a small model input (32-64 px) is enlarged by an integer factor to be seen
 API_NAME = "classify"  # the endpoint gradio_client calls: Client(url).predict(handle_file(path), api_name="/classify")
 
 
@@ -126,9 +127,10 @@ def _path_of(value: Any) -> str | None:
 
 
 def gradcam_overlay(loaded: LoadedModel, image_path: str | Path, target: int) -> np.ndarray:
-    """The model input of ``image_path`` with its Grad-CAM for class ``target`` blended over it: (H, W, 3) uint8.
+    """The model input of ``image_path`` with its Grad-CAM for class ``target`` blended over it: (kH, kW, 3) uint8.
 
-    H, W are the model's input size; the image goes through the same decode and evaluation transform as
+    H, W are the model's input size and k the smallest integer making the shorter side at least
+    :data:`OVERLAY_MIN_SIDE` (pixel repetition); the image goes through the same decode and evaluation transform as
     ``predict``; the heat map (jet colours) is divided by its own maximum and blended at 45%.
     """
     import torch
@@ -145,7 +147,8 @@ def gradcam_overlay(loaded: LoadedModel, image_path: str | Path, target: int) ->
     heat = heat / heat.max() if heat.max() > 0 else heat
     shown = denormalize(x[0], loaded.data_config["mean"], loaded.data_config["std"])
     blended = 0.55 * shown + 0.45 * colormaps["jet"](heat)[..., :3]
-    return (np.clip(blended, 0, 1) * 255).round().astype(np.uint8)
+    k = max(1, -(-OVERLAY_MIN_SIDE // min(blended.shape[:2])))
+    return (np.clip(blended, 0, 1) * 255).round().astype(np.uint8).repeat(k, axis=0).repeat(k, axis=1)
 
 
 def classify(loaded: LoadedModel, image_path: str | None) -> tuple[dict[str, float], np.ndarray]:
