@@ -53,7 +53,7 @@ def model_title(loaded: LoadedModel) -> str:
     return Path(name).name if source == "local-dir" else name
 
 
-def test_accuracy(loaded: LoadedModel) -> float | None:
+def published_accuracy(loaded: LoadedModel) -> float | None:
     """The published test accuracy in [0, 1] of a run, a Hub folder or a Hub repo; None when none is recorded.
 
     A Hub repo's ``metrics.json`` is fetched with ``hf_hub_download`` (from the cache when offline); any failure
@@ -91,7 +91,7 @@ def _read_json_if_file(path: Path) -> dict[str, Any] | None:
 def header_markdown(loaded: LoadedModel) -> str:
     """The app's header: model name, architecture, class count and test accuracy (Markdown)."""
     arch = (getattr(loaded.model, "pretrained_cfg", None) or {}).get("architecture") or type(loaded.model).__name__
-    accuracy = test_accuracy(loaded)
+    accuracy = published_accuracy(loaded)
     acc = f"test accuracy **{100 * accuracy:.2f}%**" if accuracy is not None else "no test accuracy recorded"
     return (
         f"# {model_title(loaded)}\n"

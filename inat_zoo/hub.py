@@ -156,12 +156,7 @@ def build_hub_folder(
     """
     from .model_card import build_model_card, plot_training_curves
 
-    repo_id = check_repo_id(repo_id)  # before anything is read or written
-    space_id = check_space_id(space_id) if space_id else None
-    if with_onnx:
-        from .onnx_export import require_onnx
-
-        require_onnx()
+    repo_id, space_id = _check_options(repo_id, space_id, with_onnx)  # before anything is read or written
     run = read_run(run_dir)
     if space_id:
         architecture_file(run.config["architecture"])
@@ -181,13 +176,7 @@ def build_hub_folder(
             shutil.copy2(run.run_dir / HISTORY_FILE, tmp / HISTORY_FILE)
         if run.eval_metrics is not None:
             shutil.copy2(run.run_dir / EVAL_FOLDER / METRICS_FILE, tmp / PUBLISHED_EVAL_METRICS_FILE)
-        images: dict[str, list[str]] = {EVAL_FOLDER: [], EXPLAIN_FOLDER: []}
-        for kind, paths in ((EVAL_FOLDER, run.eval_images), (EXPLAIN_FOLDER, run.explain_images)):
-            for src in paths:
-                rel = f"{IMAGES_DIR}/{kind}/{src.name}"
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, tmp / rel)
-                images[kind].append(rel)
+        images = _copy_pictures(run, tmp)
         curves = None
         if run.history:
             curves = f"{IMAGES_DIR}/training_curves.png"
@@ -206,6 +195,27 @@ def build_hub_folder(
         )
         atomic_write_text(tmp / CARD_NAME, str(card))
     return out_dir
+
+
+def _check_options(repo_id: str, space_id: str | None, with_onnx: bool) -> tuple[str, str | None]:
+    """``(repo_id, space_id)`` as bare Hub ids (the one rule), and the onnx extra present when ``with_onnx``."""
+    if with_onnx:
+        from .onnx_export import require_onnx
+
+        require_onnx()
+    return check_repo_id(repo_id), check_space_id(space_id) if space_id else None
+
+
+def _copy_pictures(run: RunFiles, folder: Path) -> dict[str, list[str]]:
+    """Copy the run's eval/ and explain/ pictures to ``folder/images/<kind>/``; their paths relative to ``folder``."""
+    images: dict[str, list[str]] = {EVAL_FOLDER: [], EXPLAIN_FOLDER: []}
+    for kind, paths in ((EVAL_FOLDER, run.eval_images), (EXPLAIN_FOLDER, run.explain_images)):
+        for src in paths:
+            rel = f"{IMAGES_DIR}/{kind}/{src.name}"
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, folder / rel)
+            images[kind].append(rel)
+    return images
 
 
 def _add_onnx(run: RunFiles, folder: Path) -> dict[str, Any]:
