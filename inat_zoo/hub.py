@@ -4,6 +4,8 @@ The Hub folder is what timm reads back with ``timm.create_model("hf-hub:USER/NAM
 ``model/`` (already in timm's ``save_for_hf`` layout) plus a model card, the recipe, the metrics and the pictures.
 ``build_hub_folder`` writes it locally (``inat-zoo push --dry-run DIR``); ``push`` builds it in a temporary folder
 and uploads it in one commit. The token is checked before anything touches the network and is never printed.
+``--with-onnx`` adds ``model.onnx`` (:mod:`inat_zoo.onnx_export`); ``--space U/N`` also writes and uploads a Gradio
+Space that loads the model (:mod:`inat_zoo.space`; with ``--dry-run DIR`` it is written to ``DIR-space``).
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ from .rundir import (
     read_metrics,
     read_recipe,
 )
+from .space import architecture_file, build_space_folder, check_space_id, upload_space
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 IMAGES_DIR = "images"
+ONNX_NAME = "model.onnx"
 _REQUIRED_CONFIG_KEYS = ("architecture", "num_classes", "pretrained_cfg")
 _REQUIRED_DATA_KEYS = ("input_size", "mean", "std")
 
@@ -141,16 +145,21 @@ def build_hub_folder(
     *,
     license: str = "apache-2.0",
     overwrite: bool = False,
+    with_onnx: bool = False,
+    space_id: str | None = None,
 ) -> Path:
     """Write the Hub folder of ``run_dir`` to ``out_dir`` atomically and return ``out_dir``.
 
     ``out_dir`` must not exist (or be an empty folder) unless ``overwrite``: a previous export is not replaced
-    silently.
+    silently. ``with_onnx`` adds ``model.onnx`` (checked with onnxruntime) and its card section; ``space_id`` links
+    the model's Space from the card (and checks now that a Space can rebuild the architecture).
     """
     from .model_card import build_model_card, plot_training_curves
 
-    repo_id = check_repo_id(repo_id)  # before anything is read or written
+    repo_id, space_id = _check_options(repo_id, space_id, with_onnx)  # before anything is read or written
     run = read_run(run_dir)
+    if space_id:
+        architecture_file(run.config["architecture"])
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir} exists and is not a folder")
@@ -167,13 +176,7 @@ def build_hub_folder(
             shutil.copy2(run.run_dir / HISTORY_FILE, tmp / HISTORY_FILE)
         if run.eval_metrics is not None:
             shutil.copy2(run.run_dir / EVAL_FOLDER / METRICS_FILE, tmp / PUBLISHED_EVAL_METRICS_FILE)
-        images: dict[str, list[str]] = {EVAL_FOLDER: [], EXPLAIN_FOLDER: []}
-        for kind, paths in ((EVAL_FOLDER, run.eval_images), (EXPLAIN_FOLDER, run.explain_images)):
-            for src in paths:
-                rel = f"{IMAGES_DIR}/{kind}/{src.name}"
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, tmp / rel)
-                images[kind].append(rel)
+        images = _copy_pictures(run, tmp)
         curves = None
         if run.history:
             curves = f"{IMAGES_DIR}/training_curves.png"
@@ -187,9 +190,58 @@ def build_hub_folder(
             eval_images=images[EVAL_FOLDER],
             explain_images=images[EXPLAIN_FOLDER],
             curves=curves,
+            onnx=_add_onnx(run, tmp) if with_onnx else None,
+            space_id=space_id,
         )
         atomic_write_text(tmp / CARD_NAME, str(card))
     return out_dir
+
+
+def _check_options(repo_id: str, space_id: str | None, with_onnx: bool) -> tuple[str, str | None]:
+    """``(repo_id, space_id)`` as bare Hub ids (the one rule), and the onnx extra present when ``with_onnx``."""
+    if with_onnx:
+        from .onnx_export import require_onnx
+
+        require_onnx()
+    return check_repo_id(repo_id), check_space_id(space_id) if space_id else None
+
+
+def _copy_pictures(run: RunFiles, folder: Path) -> dict[str, list[str]]:
+    """Copy the run's eval/ and explain/ pictures to ``folder/images/<kind>/``; their paths relative to ``folder``."""
+    images: dict[str, list[str]] = {EVAL_FOLDER: [], EXPLAIN_FOLDER: []}
+    for kind, paths in ((EVAL_FOLDER, run.eval_images), (EXPLAIN_FOLDER, run.explain_images)):
+        for src in paths:
+            rel = f"{IMAGES_DIR}/{kind}/{src.name}"
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, folder / rel)
+            images[kind].append(rel)
+    return images
+
+
+def _add_onnx(run: RunFiles, folder: Path) -> dict[str, Any]:
+    """Export the run's model to ``folder/model.onnx`` (checked with onnxruntime); what the card says about it."""
+    from .onnx_export import export_onnx
+
+    result = export_onnx(f"local-dir:{run.model_dir}", folder / ONNX_NAME)
+    logger.info(
+        "%s: %s exporter, opset %d, max abs diff %.3g", ONNX_NAME, result.exporter, result.opset, result.max_abs_diff
+    )
+    return {"file": ONNX_NAME, "opset": result.opset, "max_abs_diff": f"{result.max_abs_diff:.2g}"}
+
+
+def build_run_space(
+    run_dir: str | Path, out_dir: str | Path, repo_id: str, space_id: str, *, license: str = "apache-2.0"
+) -> Path:
+    """Write the Gradio Space of the run's published model ``repo_id`` to ``out_dir`` (:mod:`inat_zoo.space`)."""
+    run = read_run(run_dir)
+    accuracy = published_test_accuracy(run.metrics, run.eval_metrics)
+    return build_space_folder(out_dir, space_id, repo_id, run.config, license=license, accuracy=accuracy)
+
+
+def space_dry_run_dir(out_dir: str | Path) -> Path:
+    """Where ``push --dry-run DIR --space ...`` writes the Space: ``DIR-space`` beside the model's folder."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}-space")
 
 
 def require_token() -> str:
@@ -212,15 +264,24 @@ def push(
     commit_message: str | None = None,
     overwrite_card: bool = False,
     license: str = "apache-2.0",
+    with_onnx: bool = False,
+    space_id: str | None = None,
 ) -> str:
     """Build the Hub folder of ``run_dir`` and upload it to ``repo_id`` in one commit; return the commit URL.
 
     An existing README.md on the Hub (a card the owner may have edited) is kept unless ``overwrite_card``.
+    With ``space_id`` the run's Gradio Space is then created (or updated) and uploaded (same token, same privacy).
     """
     token = require_token()
     repo_id = check_repo_id(repo_id)
+    space_id = check_space_id(space_id) if space_id else None
     with tempfile.TemporaryDirectory(prefix="inat_zoo_hub_") as tmp:
-        folder = build_hub_folder(run_dir, Path(tmp) / "hub", repo_id, license=license)
+        folder = build_hub_folder(
+            run_dir, Path(tmp) / "hub", repo_id, license=license, with_onnx=with_onnx, space_id=space_id
+        )
+        space_folder = (
+            build_run_space(run_dir, Path(tmp) / "space", repo_id, space_id, license=license) if space_id else None
+        )
         from . import __version__
 
         api = HfApi(token=token, library_name="inat_zoo", library_version=__version__)
@@ -244,6 +305,10 @@ def push(
             revision=revision,
             ignore_patterns=ignore,
         )
+        if space_folder is not None:
+            message = f"Demo of {repo_id} (inat_zoo)"
+            space_commit = upload_space(api, space_id, space_folder, private=private, commit_message=message)
+            logger.info("uploaded the Space %s: %s", space_id, space_commit)
     return str(commit.commit_url)
 
 
@@ -257,16 +322,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", metavar="DIR", help="only write the Hub folder to DIR; no network call")
     parser.add_argument("--overwrite-card", action="store_true", help="replace a README.md already on the Hub")
     parser.add_argument("--license", default="apache-2.0", help="license id for the card (default: apache-2.0)")
+    parser.add_argument("--with-onnx", action="store_true", help=f"add {ONNX_NAME} (inat-zoo export) to the repo")
+    parser.add_argument(
+        "--space",
+        metavar="USER/NAME",
+        help="also write and upload a Gradio Space that loads the model (dry run: DIR-space)",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``inat-zoo push``: upload the run (or, with ``--dry-run DIR``, only write the Hub folder); returns 0."""
     if args.dry_run:
-        out = build_hub_folder(args.run, args.dry_run, args.repo_id, license=args.license)
-        files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-        print(f"wrote the Hub folder of {args.run} to {out} ({len(files)} files: {', '.join(files)})")
-        print(f'load it with: timm.create_model("local-dir:{out}", pretrained=True)')
-        return 0
+        return _dry_run(args)
     url = push(
         args.run,
         args.repo_id,
@@ -275,7 +342,31 @@ def run_cli(args: argparse.Namespace) -> int:
         commit_message=args.commit_message,
         overwrite_card=args.overwrite_card,
         license=args.license,
+        with_onnx=args.with_onnx,
+        space_id=args.space,
     )
     print(f"pushed {args.run} to {url}")
+    if args.space:
+        print(f"Space: https://huggingface.co/spaces/{check_space_id(args.space)}")
     print(f'load it with: timm.create_model("hf-hub:{check_repo_id(args.repo_id)}", pretrained=True)')
+    return 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """``push --dry-run DIR``: the Hub folder in DIR (and the Space in DIR-space with ``--space``); no network."""
+    space_dir = space_dry_run_dir(args.dry_run) if args.space else None
+    if space_dir is not None:  # checked before the model's folder is written
+        check_space_id(args.space)
+        if space_dir.exists() and not (space_dir.is_dir() and not any(space_dir.iterdir())):
+            raise UsageError(f"{space_dir} (the Space of --dry-run) already exists: choose another DIR or remove it")
+    out = build_hub_folder(
+        args.run, args.dry_run, args.repo_id, license=args.license, with_onnx=args.with_onnx, space_id=args.space
+    )
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    print(f"wrote the Hub folder of {args.run} to {out} ({len(files)} files: {', '.join(files)})")
+    print(f'load it with: timm.create_model("local-dir:{out}", pretrained=True)')
+    if space_dir is not None:
+        build_run_space(args.run, space_dir, args.repo_id, args.space, license=args.license)
+        files = sorted(str(p.relative_to(space_dir)) for p in space_dir.rglob("*") if p.is_file())
+        print(f"wrote the Space {check_space_id(args.space)} to {space_dir} ({', '.join(files)})")
     return 0

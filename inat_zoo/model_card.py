@@ -428,8 +428,12 @@ def build_model_card(
     explain_images: Sequence[str] = (),
     curves: str | None = None,
     template: str | Path = CARD_TEMPLATE,
+    onnx: dict[str, Any] | None = None,
+    space_id: str | None = None,
 ) -> ModelCard:
     """Render the card of ``run`` as published under ``repo_id``; image paths are relative to the Hub folder.
+
+    ``onnx`` (``{"file", "opset", "max_abs_diff"}``) adds the ONNX file's section, ``space_id`` a link to its Space.
 
     Raises UsageError when ``template`` is not a file.
     """
@@ -462,6 +466,8 @@ def build_model_card(
         result_images=_result_images(run, eval_images, curves),
         **_error_analysis(run),
         explain_images=[_image_entry(p) for p in _ordered(explain_images)],
+        onnx=onnx,
+        space_id=space_id,
         **_model_fields(run.config, run.metrics),
         **training,
     )

@@ -460,3 +460,32 @@ def test_card_datasets_field_holds_the_bare_hub_id(tmp_path, root):
     out = hub.build_hub_folder(run, tmp_path / "dry", REPO_ID)
     assert ModelCard.load(out / "README.md").data.datasets == ["someone/inat12k"]
     assert yaml.safe_load((out / "recipe.yaml").read_text())["data"]["root"] == "someone/inat12k"
+
+
+def test_push_with_onnx_and_space_uploads_both_repos(run_and_model, fake_hub, capsys):
+    """One push: the model repo (with model.onnx, the card saying so) and then its Gradio Space, through the same
+    recording stand-in for HfApi (the network boundary) and the same token."""
+    pytest.importorskip("onnxruntime", reason="--with-onnx needs the onnx extra: pip install 'inat-zoo[onnx]'")
+    run, _ = run_and_model
+    argv = ["push", str(run), "--repo-id", REPO_ID, "--with-onnx", "--space", f"{REPO_ID}-demo"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "hf_fake_token" not in out + err and f"https://huggingface.co/spaces/{REPO_ID}-demo" in out
+    assert _calls("create_repo") == [
+        {"repo_id": REPO_ID, "private": False, "exist_ok": True},
+        {"repo_id": f"{REPO_ID}-demo", "repo_type": "space", "space_sdk": "gradio", "private": False,
+         "exist_ok": True},
+    ]  # fmt: skip
+    model_upload, space_upload = _calls("upload_folder")
+    assert "model.onnx" in model_upload["files"] and "model.onnx" in model_upload["card"]
+    assert f"spaces/{REPO_ID}-demo" in model_upload["card"]
+    assert space_upload["repo_id"] == f"{REPO_ID}-demo" and space_upload["repo_type"] == "space"
+    assert space_upload["files"] == ["README.md", "app.py", "flexible_cnn.py", "requirements.txt"]
+    assert "sdk: gradio" in space_upload["card"] and f"- {REPO_ID}" in space_upload["card"]
+
+
+def test_push_with_a_bad_space_id_calls_nothing(run_and_model, fake_hub, capsys):
+    run, _ = run_and_model
+    assert main(["push", str(run), "--repo-id", REPO_ID, "--space", "demo"]) == 2
+    assert capsys.readouterr().err.startswith("inat-zoo: error: --space 'demo' is not a valid Hub id")
+    assert [call for call, _ in RecordingHfApi.calls] == []
