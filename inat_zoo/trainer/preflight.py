@@ -58,7 +58,7 @@ def preflight(recipe: Mapping[str, Any] | Recipe) -> None:
     batch_size = recipe.train.batch_size
     if recipe.train.mixup is not None and batch_size % 2:
         raise UsageError(
-            f"recipe key 'train.batch_size' must be even with train.mixup (timm's Mixup mixes each image with its "
+            f"recipe key 'train.batch_size' must be even with mixup (timm's Mixup mixes each image with its "
             f"mirror in the per-process batch), got {batch_size}"
         )
     _check_square(section.args.get("img_size"))
