@@ -22,12 +22,14 @@ def _free_port() -> int:
 def test_two_cpu_processes_count_every_sample_once(sample_root, tmp_path):
     out = tmp_path / "run"
     # batch 16 per rank: 24 validation / 40 test samples do not split evenly, so DDP pads duplicates in
-    # an unfreeze at epoch 2 also exercises re-wrapping DDP around the newly trainable stage
+    # an unfreeze at epoch 2 also exercises re-wrapping DDP around the newly trainable stage; the class-balanced
+    # sampler (one global draw, each rank its batches of it) and mixup + CutMix (seeded per rank and step) train too
     recipe = tiny_recipe(
         sample_root,
         out,
         model={"freeze": "until:stages.3", "unfreeze": [{"epoch": 2, "stage": "stages.3"}]},
-        train={"epochs": 2},
+        data={"sampler": "balanced"},
+        train={"epochs": 2, "mixup": {"mixup_alpha": 0.8, "cutmix_alpha": 1.0}, "class_weights": "balanced"},
     )
     path = write_recipe(tmp_path / "recipe.yaml", recipe)
     env = subprocess_env()
