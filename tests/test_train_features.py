@@ -242,3 +242,19 @@ def test_feature_mistakes_stop_the_start_in_one_line(sample_root, tmp_path, caps
     assert err.startswith("inat-zoo: error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert fragment in err
     assert not out.exists()
+
+
+def test_data_sampler_balanced_reaches_the_train_loader(sample_root):
+    from inat_zoo.data import load_inat12k
+    from inat_zoo.data.seeding import EpochSampler
+    from inat_zoo.trainer.loaders import image_loaders
+
+    splits = load_inat12k(sample_root, seed=7)
+    config = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+              "crop_pct": 1.0, "crop_mode": "center"}  # fmt: skip
+    for sampler, kind in (("random", EpochSampler), ("balanced", BalancedSampler)):
+        recipe = typed_recipe({"data": {"root": str(sample_root), "sampler": sampler}, "train": {"batch_size": 8}})
+        train_loader, val_loader, _ = image_loaders(splits, recipe, config)
+        assert type(train_loader.sampler) is kind and type(val_loader.sampler) is not kind
+    labels = list(splits["train"]["label"])
+    assert train_loader.sampler.weights.tolist() == [1 / labels.count(label) for label in labels]
