@@ -4,8 +4,8 @@ One function, :func:`train`, runs a recipe under whatever launch context exists 
 ``accelerate launch``/torchrun = DDP) and writes the run directory described in the README: the resolved
 ``recipe.yaml``, ``checkpoints/`` (accelerate states, the last K, each committed by an atomic rename so a kill never
 leaves one that resume would trust), ``model/`` (timm ``save_for_hf`` folder of the best epoch by validation
-accuracy, or by ``train.early_stopping.metric``), ``history.jsonl`` and ``metrics.json``. The test split is evaluated once, at the end, with that model.
-Only the main process writes files or prints.
+accuracy, or by ``train.early_stopping.metric``), ``history.jsonl`` and ``metrics.json``. The test split is evaluated
+once, at the end, with that model. Only the main process writes files or prints.
 
 The pieces live in :mod:`inat_zoo.trainer` (factories, preflight, checkpoints, the loop, the accelerate adapter);
 this module is the entry point and re-exports the names callers and tests use.
