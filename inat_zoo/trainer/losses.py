@@ -62,7 +62,7 @@ class WeightedSoftTargetCrossEntropy(nn.Module):
 
     with ``p = softmax(logits)``. For one-hot targets it is exactly torch's weighted ``cross_entropy`` (weighted mean
     over the batch); for equal weights, timm's ``SoftTargetCrossEntropy``. A mixed target weighs each image by the
-    mix of its two classes' weights. ``logits`` and ``target`` are ``(B, C)`` float; returns a float scalar.
+    mix of its two classes' weights. ``logits`` and ``target`` are ``(B, C)`` float; returns a float32 scalar.
     """
 
     def __init__(self, weight: torch.Tensor) -> None:
@@ -71,7 +71,7 @@ class WeightedSoftTargetCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weighted = target * self.weight  # (B, C)
-        return (-weighted * F.log_softmax(logits, dim=-1)).sum() / weighted.sum()
+        return (-weighted * F.log_softmax(logits.float(), dim=-1)).sum() / weighted.sum()
 
 
 def create_criterion(recipe: Recipe, weight: torch.Tensor | None, *, soft_targets: bool) -> nn.Module:
