@@ -286,6 +286,8 @@ class DataSection(_Section):
     num_workers: int = Field(2, ge=0)
     prepared_cache: bool = False
     augment: Annotated[FreeMapping, AfterValidator(_recipe_augment)] = Field(default_factory=dict)
+    # random: a seeded permutation per epoch; balanced: draws with replacement, each class equally likely
+    sampler: Literal["random", "balanced"] = "random"
 
 
 # ------------------------------------------------------------------------------------------------------- train
@@ -326,6 +328,49 @@ def _head_feature_cache(value: Any) -> str | bool:
     return value
 
 
+def _class_weights(value: Any) -> str | list[float] | None:
+    if value is None or value == "balanced":
+        return value
+    if isinstance(value, list) and value:
+        weights = []
+        for weight in value:
+            try:
+                weights.append(_yaml_number(weight))
+            except PydanticCustomError:
+                weights = None
+                break
+        if weights is not None and all(w > 0.0 for w in weights):
+            return weights
+    raise recipe_value_error(f" must be null, balanced or a list of one weight > 0 per class, got {value!r}")
+
+
+class EarlyStopping(_Section):
+    """``train.early_stopping``: stop when ``metric`` has not improved by more than ``min_delta`` for ``patience``
+    epochs in a row (:mod:`inat_zoo.trainer.early_stopping`); the exported model is the best by ``metric``."""
+
+    patience: int = Field(3, ge=1)
+    min_delta: Number = Field(0.0, ge=0.0)
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+
+
+class Mixup(_Section):
+    """``train.mixup``: timm's ``Mixup`` arguments (Zhang et al. 2018 mixup, Yun et al. 2019 CutMix), plus
+    ``off_epoch`` (timm train.py's ``--mixup-off-epoch``): from that epoch (1-based) on, no image is mixed."""
+
+    mixup_alpha: Number = Field(1.0, ge=0.0)
+    cutmix_alpha: Number = Field(0.0, ge=0.0)
+    prob: Number = Field(1.0, ge=0.0, le=1.0)
+    switch_prob: Number = Field(0.5, ge=0.0, le=1.0)
+    mode: Literal["batch", "pair", "elem"] = "batch"
+    off_epoch: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _something_to_mix(self) -> Mixup:
+        if self.mixup_alpha == 0.0 and self.cutmix_alpha == 0.0:
+            raise recipe_value_error(" needs mixup_alpha > 0 or cutmix_alpha > 0 (null turns mixing off)")
+        return self
+
+
 class TrainSection(_Section):
     """``train``: optimisation (timm optimizer and scheduler names), precision, EMA, caching and checkpoints.
 
@@ -355,6 +400,9 @@ class TrainSection(_Section):
     checkpoint_every_steps: int | None = Field(None, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)
+    early_stopping: EarlyStopping | None = None
+    mixup: Mixup | None = None
+    class_weights: Annotated[Literal["balanced"] | list[float] | None, BeforeValidator(_class_weights)] = None
 
 
 # ------------------------------------------------------------------------------------------------------- track
@@ -389,6 +437,12 @@ class Recipe(_Section):
         if self.model.unfreeze and self.model.freeze.kind == "none":
             raise UsageError("recipe key 'model.unfreeze' needs a frozen model (model.freeze head or until:<stage>)")
         epochs = self.train.epochs
+        mixup = self.train.mixup
+        if mixup is not None and mixup.off_epoch is not None and mixup.off_epoch > epochs:
+            raise UsageError(
+                f"recipe key 'train.mixup.off_epoch' is {mixup.off_epoch}, after the last epoch (train.epochs="
+                f"{epochs}): mixing would never stop; use an epoch from 1 to {epochs}, or leave it null"
+            )
         for step in self.model.unfreeze:  # the stage names need the model: the trainer's pre-flight checks them
             if step.epoch > epochs:  # an unfreeze after the last epoch would silently never happen
                 raise UsageError(

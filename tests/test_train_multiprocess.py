@@ -22,12 +22,20 @@ def _free_port() -> int:
 def test_two_cpu_processes_count_every_sample_once(sample_root, tmp_path):
     out = tmp_path / "run"
     # batch 16 per rank: 24 validation / 40 test samples do not split evenly, so DDP pads duplicates in
-    # an unfreeze at epoch 2 also exercises re-wrapping DDP around the newly trainable stage
+    # an unfreeze at epoch 2 also exercises re-wrapping DDP around the newly trainable stage; the class-balanced
+    # sampler (one global draw, each rank its batches of it) and mixup + CutMix (seeded per rank and step) train too,
+    # and early stopping ends epoch 2 of 3 on both ranks (only epoch 1 can improve val_loss by 100 nats)
     recipe = tiny_recipe(
         sample_root,
         out,
         model={"freeze": "until:stages.3", "unfreeze": [{"epoch": 2, "stage": "stages.3"}]},
-        train={"epochs": 2},
+        data={"sampler": "balanced"},
+        train={
+            "epochs": 3,
+            "mixup": {"mixup_alpha": 0.8, "cutmix_alpha": 1.0},
+            "class_weights": "balanced",
+            "early_stopping": {"patience": 1, "metric": "val_loss", "min_delta": 100.0},
+        },
     )
     path = write_recipe(tmp_path / "recipe.yaml", recipe)
     env = subprocess_env()
@@ -49,7 +57,8 @@ def test_two_cpu_processes_count_every_sample_once(sample_root, tmp_path):
     metrics, history = read_run(out)
     assert metrics["world_size"] == 2
     assert metrics["validation"]["num_samples"] == 24 and metrics["test"]["num_samples"] == 40  # as with 1 process
-    assert len(history) == 2 and proc.stdout.count("epoch 2/2") == 1  # one line per epoch: the main process only
+    assert len(history) == 2 and proc.stdout.count("epoch 2/3") == 1  # one line per epoch: the main process only
+    assert metrics["early_stopping"]["stopped_epoch"] == 2 and metrics["epochs"] == 2
     assert proc.stdout.count("unfroze stages.3") == 1, proc.stdout
     # every test sample counted exactly once: the same accuracy as the exported model scored by one process
     accuracy, n = _accuracy_of_exported_model(out / "model", sample_root)

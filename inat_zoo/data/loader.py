@@ -13,7 +13,7 @@ generator for the worker base seed, so the training loop's own stream (dropout) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .batched import BatchedTransform, ImageCollate
@@ -45,7 +45,7 @@ class SeededImageDataset:
 
         seeded = all(isinstance(key, tuple) for key in keys)
         indices = [key[1] for key in keys] if seeded else [int(key) for key in keys]
-        seeds = [sample_seed(self.seed, epoch, index) for epoch, index in keys] if seeded else None
+        seeds = [sample_seed(self.seed, *key) for key in keys] if seeded else None  # (epoch, index[, repeat])
         batch = self.transform(self.split[indices], seeds)
         return [{column: values[i] for column, values in batch.items()} for i in range(len(indices))]
 
@@ -64,6 +64,7 @@ def create_image_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     seed: int | None = None,
+    balanced_labels: Sequence[int] | None = None,
     **loader_kwargs: Any,
 ) -> torch.utils.data.DataLoader:
     """A ``DataLoader`` over ``split`` (``image`` and ``label`` columns) yielding
@@ -73,11 +74,13 @@ def create_image_loader(
     ``shuffle=True`` reads the split in the order of an :class:`~inat_zoo.data.seeding.EpochSampler` seeded with
     ``seed`` (default: ``torch.initial_seed()``, the process's seed), each sample augmented from its own seed; call
     ``loader.sampler.set_epoch(epoch)`` (or accelerate's ``set_epoch`` on a prepared loader) before each epoch.
+    With ``balanced_labels`` (one class index per row of ``split``), a shuffled loader draws its rows with
+    :class:`~inat_zoo.data.seeding.BalancedSampler` instead: every class equally often, seeded the same way.
     """
     import torch
     from torch.utils.data import DataLoader
 
-    from .seeding import EpochSampler
+    from .seeding import BalancedSampler, EpochSampler
 
     loader_kwargs.setdefault("persistent_workers", num_workers > 0)  # workers keep their state across epochs
     # the worker base seed is drawn from this generator, not from the global RNG the training loop uses
@@ -90,5 +93,8 @@ def create_image_loader(
     seed = torch.initial_seed() if seed is None else int(seed)
     batch_transform = ImageBatchTransform(transform, decode_short_side(data_config), defer_tail=True)
     dataset = SeededImageDataset(undecoded_images(split), batch_transform, seed)
-    sampler = EpochSampler(len(dataset), seed)
+    if balanced_labels is not None:
+        sampler = BalancedSampler(balanced_labels, seed)
+    else:
+        sampler = EpochSampler(len(dataset), seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **common)

@@ -11,7 +11,9 @@ split. The transform reseeds the global RNGs with it just before that sample's r
 RandAugment, ...) and with a second seed derived from it (:data:`TAIL_STREAM`) before the batch-wise tail (colour
 jitter, random erasing), inside :func:`preserved_global_rngs` so that the caller's streams are left exactly as they
 were. The order of the samples comes from :class:`EpochSampler`, a permutation seeded by (seed, epoch), whose keys
-carry the epoch to the dataset in whichever process reads it. Together: the same crops, flips and batches for 0, 1
+carry the epoch to the dataset in whichever process reads it (or from :class:`BalancedSampler`, ``data.sampler:
+balanced``, a draw with replacement seeded by (seed, epoch), whose keys also count the repeats of a sample, so that
+each copy is augmented differently). Together: the same crops, flips and batches for 0, 1
 or 8 workers, for one process or several, and for a run resumed at an epoch boundary or in the middle of an epoch.
 """
 
@@ -31,6 +33,10 @@ from torch.utils.data import Sampler
 # per-image head; derive_seed(tail seed, ERASING_STREAM) its random erasing, apart from its jitter
 TAIL_STREAM = 1
 ERASING_STREAM = 2
+# derive_seed(seed, BALANCED_STREAM, epoch) seeds the balanced sampler's draw; derive_seed(seed, MIXUP_STREAM, epoch,
+# step, rank) a training step's mixup / CutMix (inat_zoo.trainer.losses)
+BALANCED_STREAM = 3
+MIXUP_STREAM = 4
 
 
 def derive_seed(*parts: int) -> int:
@@ -40,9 +46,10 @@ def derive_seed(*parts: int) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of sample ``index`` (its row in the split) in ``epoch`` of a run seeded with ``seed``."""
-    return derive_seed(seed, epoch, index)
+def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
+    """The seed of sample ``index`` (its row in the split) in ``epoch`` of a run seeded with ``seed``; ``repeat`` > 0
+    for its later copies in one epoch of a sampler that draws with replacement (:class:`BalancedSampler`)."""
+    return derive_seed(seed, epoch, index) if repeat == 0 else derive_seed(seed, epoch, index, repeat)
 
 
 def reseed_global_rngs(seed: int) -> None:
@@ -69,10 +76,12 @@ def preserved_global_rngs() -> Iterator[None]:
 
 class SampleKey(NamedTuple):
     """What :class:`EpochSampler` yields: the row to read and the epoch it is read in (which the dataset needs for
-    the sample's seed, and which a DataLoader worker could not know otherwise)."""
+    the sample's seed, and which a DataLoader worker could not know otherwise); :class:`BalancedSampler` adds
+    ``repeat``, how many times the row was drawn before in this epoch (0 for a first draw)."""
 
     epoch: int
     index: int
+    repeat: int = 0
 
 
 class EpochSampler(Sampler[SampleKey]):
@@ -96,6 +105,52 @@ class EpochSampler(Sampler[SampleKey]):
         return self.num_samples
 
     def __iter__(self) -> Iterator[SampleKey]:
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch) & 0x7FFF_FFFF_FFFF_FFFF)
-        for index in torch.randperm(self.num_samples, generator=generator).tolist():
+        for index in torch.randperm(self.num_samples, generator=_generator(self.seed, self.epoch)).tolist():
             yield SampleKey(self.epoch, index)
+
+
+def _generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+class BalancedSampler(Sampler[SampleKey]):
+    """``len(labels)`` draws with replacement per epoch, each row weighted by 1 / (its class's row count), so every
+    class is equally likely at each draw (``WeightedRandomSampler``'s rule); the draw is a function of (``seed``,
+    epoch) only.
+
+    ``labels`` is a sequence of int class indices, one per row. Like :class:`EpochSampler` it is not a
+    ``RandomSampler`` and yields the same one global draw on every process: accelerate's ``BatchSamplerShard``
+    gives each rank its own batches of it (rank r takes batches r, r + W, ...), so the ranks read disjoint slices of
+    one draw, and ``skip_first_batches`` resumes it mid-epoch. ``WeightedRandomSampler`` itself would draw from an
+    unseeded generator, differently on each rank. Yields :class:`SampleKey` s whose ``repeat`` numbers the copies of
+    a row within the epoch (each augmented from its own seed). Raises ValueError for empty or negative labels.
+    """
+
+    def __init__(self, labels, seed: int) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.ndim != 1 or labels.size == 0 or labels.min() < 0:
+            raise ValueError("BalancedSampler needs a non-empty sequence of class indices >= 0")
+        counts = np.bincount(labels)
+        self.weights = torch.from_numpy(1.0 / counts[labels])  # (N,) float64: 1 / count of the row's class
+        self.num_samples = len(labels)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose draw the next ``__iter__`` yields (called by accelerate before each pass)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def draw(self) -> list[int]:
+        """This epoch's rows, in order: ``len(labels)`` indices drawn with replacement (torch.multinomial)."""
+        generator = _generator(self.seed, BALANCED_STREAM, self.epoch)
+        return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        seen: dict[int, int] = {}
+        for index in self.draw():
+            repeat = seen.get(index, 0)
+            seen[index] = repeat + 1
+            yield SampleKey(self.epoch, index, repeat)

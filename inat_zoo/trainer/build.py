@@ -186,6 +186,17 @@ def current_lr(optimizer) -> float:
     return max(g["lr"] for g in optimizer.param_groups)
 
 
+def init_tracking(accelerator, recipe: Recipe) -> None:
+    """Start the W&B tracker (``track``), the flat recipe as its config, when ``track.wandb`` asks."""
+    track = recipe.track
+    if track.wandb:
+        init = {"mode": track.mode, "dir": str(recipe.output_dir)}
+        if track.run_name:
+            init["name"] = track.run_name
+        config = flat_config(recipe.model_dump())
+        accelerator.init_trackers(track.project, config=config, init_kwargs={"wandb": init})
+
+
 def flat_config(recipe: dict, prefix: str = "") -> dict:
     """The recipe (as dumped: :meth:`Recipe.model_dump`) as one level of dotted keys (the tracker's config);
     non-scalar leaves as JSON strings."""
@@ -206,7 +217,8 @@ class RunParts:
     """The pieces of one run that :class:`inat_zoo.trainer.loop.Trainer` drives.
 
     ``core`` is the unwrapped timm model (what is exported), ``model`` what the loop calls (prepared: DDP and/or
-    compiled, and :class:`inat_zoo.feature_cache.HeadOnly` on cached features); ``scheduler`` and ``ema`` may be None.
+    compiled, and :class:`inat_zoo.feature_cache.HeadOnly` on cached features); ``scheduler`` and ``ema`` may be None;
+    ``mixup`` and ``criterion`` are :mod:`inat_zoo.trainer.losses`' (``mixup`` the identity when off).
     """
 
     accelerator: object
@@ -223,6 +235,7 @@ class RunParts:
     params_total: int
     updates_per_epoch: int
     cached: bool
+    mixup: object
 
 
 def create_accelerator(recipe: Recipe):
@@ -251,13 +264,16 @@ def create_accelerator(recipe: Recipe):
 def build_run(recipe: Recipe) -> RunParts:
     """Assemble a validated recipe's run: accelerator, data, model, loaders, optimizer, EMA, prepared by accelerate.
 
-    The steps run in this order on purpose (see the module docstring). The criterion is torch's
-    ``CrossEntropyLoss`` with ``train.label_smoothing`` (label smoothing as in Szegedy et al. 2016, "Rethinking the
-    Inception Architecture"). Raises :class:`UsageError` for a head feature cache that is asked and not possible.
+    The steps run in this order on purpose (see the module docstring). The criterion and the mixup are
+    :func:`inat_zoo.trainer.losses.create_criterion` / :func:`~inat_zoo.trainer.losses.create_mixup` (cross-entropy
+    with ``train.label_smoothing``, as in Szegedy et al. 2016, "Rethinking the Inception Architecture", and
+    ``train.class_weights``; soft targets with ``train.mixup``). Raises :class:`UsageError` for a head feature cache
+    that is asked and not possible, a ``train.class_weights`` list of the wrong length, or mixup over a train split
+    smaller than one batch.
     """
     import torch
 
-    from . import loaders
+    from . import loaders, losses
 
     accelerator = create_accelerator(recipe)
     splits = loaders.load_splits(recipe, accelerator)
@@ -274,7 +290,12 @@ def build_run(recipe: Recipe) -> RunParts:
             core, splits, eval_transform, config, recipe, accelerator
         )
     optimizer = create_optimizer(core, recipe)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.train.label_smoothing)
+    labels = loaders.train_labels(splits) if recipe.train.class_weights == "balanced" else []
+    weight = losses.class_weights(recipe, labels, len(label_names))
+    if weight is not None:
+        weight = weight.to(accelerator.device)
+    criterion = losses.create_criterion(recipe, weight, soft_targets=recipe.train.mixup is not None)
+    mixup = losses.create_mixup(recipe, len(label_names), accelerator.process_index)
     ema = create_ema(core, recipe, accelerator)
     model = core
     if cached:
@@ -289,5 +310,5 @@ def build_run(recipe: Recipe) -> RunParts:
     scheduler = create_scheduler(optimizer.optimizer, recipe, updates_per_epoch)
     return RunParts(
         accelerator, core, model, optimizer, train_loader, val_loader, scheduler, ema, criterion, label_names,
-        config, params_total, updates_per_epoch, cached,
+        config, params_total, updates_per_epoch, cached, mixup,
     )  # fmt: skip

@@ -7,7 +7,14 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..rundir import MODEL_DIR, checkpoint_path, complete_checkpoints, write_checkpoint_state
+from ..rundir import (
+    MODEL_DIR,
+    checkpoint_path,
+    complete_checkpoints,
+    read_checkpoint_state,
+    read_metrics,
+    write_checkpoint_state,
+)
 
 
 @dataclass
@@ -27,6 +34,34 @@ class TrainerState:
     images_seen: int = 0
     unfrozen: list[str] = field(default_factory=list)
     val_num_samples: int = 0
+    best_metric: float | None = None  # the best value of the metric that picks the exported epoch (early_stopping)
+    epochs_since_best: int = 0
+    early_stop: dict | None = None  # set when early stopping ended the run: inat_zoo.trainer.early_stopping
+
+    def judge_epoch(self, rule, epoch: int, record: dict) -> bool:
+        """Judge the finished ``epoch`` (its history ``record``) by ``rule`` (:class:`.early_stopping.StopRule`):
+        update the best epoch and the early-stopping counter, mark the stop; returns whether the epoch improved."""
+        from .early_stopping import judge, stop_record
+
+        if self.best_metric is None and self.best_epoch:  # a checkpoint from before the counters existed
+            self.best_metric = self.history[self.best_epoch - 1][rule.metric]
+        verdict = judge(rule, record[rule.metric], self.best_metric, self.epochs_since_best)
+        self.best_metric, self.epochs_since_best = verdict.best, verdict.epochs_since_best
+        if verdict.improved:
+            self.best_epoch, self.best_val_accuracy = epoch, record["val_accuracy"]
+        if verdict.stop:
+            self.early_stop = stop_record(rule, epoch, self.best_epoch)
+        return verdict.improved
+
+
+def stopped_early(checkpoint: Path | None, output_dir: Path) -> tuple[dict, dict] | None:
+    """``(early stop record, metrics.json)`` when the run resumed from ``checkpoint`` was ended by early stopping and
+    finished (metrics.json written): nothing is left to do. None otherwise (no checkpoint, not stopped, or stopped but
+    killed before its test pass, which resuming then runs)."""
+    if checkpoint is None:
+        return None
+    stop, metrics = read_checkpoint_state(checkpoint).get("early_stop"), read_metrics(output_dir)
+    return None if stop is None or metrics is None else (stop, metrics)
 
 
 def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, keep: int) -> None:

@@ -48,17 +48,24 @@ def feature_loader(dataset, batch_size: int, *, train: bool, num_workers: int, p
     )
 
 
+def train_labels(splits) -> list[int]:
+    """The class index of every row of the train split, in row order."""
+    return list(splits["train"]["label"])
+
+
 def image_loader(
-    split, transform, data_config, batch_size: int, *, train: bool, num_workers: int, pin_memory: bool, seed=None
-):
-    """Images through the fast decoder; for training, shuffled and each sample's augmentation seeded by (seed, epoch,
-    index)."""
+    split, transform, data_config, batch_size: int, *, train: bool, num_workers: int, pin_memory: bool, seed=None,
+    balanced_labels=None,
+):  # fmt: skip
+    """Images through the fast decoder; for training, shuffled (or drawn class-balanced with ``balanced_labels``) and
+    each sample's augmentation seeded by (seed, epoch, index)."""
     from ..data import create_image_loader
 
     options = _loader_options(len(split), batch_size, train)
     return create_image_loader(
-        split, transform, data_config, **options, num_workers=num_workers, pin_memory=pin_memory, seed=seed
-    )
+        split, transform, data_config, **options, num_workers=num_workers, pin_memory=pin_memory, seed=seed,
+        balanced_labels=balanced_labels,
+    )  # fmt: skip
 
 
 def eval_batch_size(recipe: Recipe) -> int:
@@ -68,7 +75,9 @@ def eval_batch_size(recipe: Recipe) -> int:
 
 def image_loaders(splits, recipe: Recipe, data_config: dict):
     """``(train_loader, val_loader, eval_transform)`` over images; the test split is scored once, at the end, by the
-    one evaluation function (:meth:`inat_zoo.trainer.loop.Trainer.finish`), not by a loader here."""
+    one evaluation function (:meth:`inat_zoo.trainer.loop.Trainer.finish`), not by a loader here. The train loader
+    draws class-balanced batches with ``data.sampler: balanced``. Raises :class:`UsageError` for mixup over a train
+    split smaller than one batch (its one batch could be odd)."""
     import torch
 
     from ..data import create_image_transform
@@ -77,15 +86,22 @@ def image_loaders(splits, recipe: Recipe, data_config: dict):
     eval_transform = create_image_transform(data_config, is_training=False)
     pin_memory = torch.cuda.is_available()
     num_workers = recipe.data.num_workers
+    batch_size = recipe.train.batch_size
+    if recipe.train.mixup is not None and len(splits["train"]) < batch_size:
+        raise UsageError(
+            f"train.mixup needs full, even batches: the train split has {len(splits['train'])} images, fewer than "
+            f"train.batch_size={batch_size}"
+        )
     train_loader = image_loader(
         splits["train"],
         train_transform,
         data_config,
-        recipe.train.batch_size,
+        batch_size,
         train=True,
         num_workers=num_workers,
         pin_memory=pin_memory,
         seed=recipe.seed,
+        balanced_labels=train_labels(splits) if recipe.data.sampler == "balanced" else None,
     )
     val_loader = image_loader(
         splits["validation"],
@@ -101,8 +117,10 @@ def image_loaders(splits, recipe: Recipe, data_config: dict):
 
 def feature_cache_wanted(model, recipe: Recipe, accelerator) -> bool:
     """``train.head_feature_cache``; ``auto``: for freeze=head when the model allows the cut, nothing needs the full
-    model in the loop and the recipe asks for no augmentation of its own (``data.augment``). Raises
-    :class:`UsageError` when ``true`` is asked and not possible."""
+    model in the loop, the recipe asks for no augmentation of its own (``data.augment``) nor mixing of images
+    (``train.mixup``), and the batches come from the image loader's sampler (``data.sampler: balanced``). Class
+    weights keep the cache: they weigh the loss, which is the same over features. Raises :class:`UsageError` when
+    ``true`` is asked and not possible."""
     from ..feature_cache import why_no_feature_cache
 
     setting = recipe.train.head_feature_cache
@@ -118,6 +136,10 @@ def feature_cache_wanted(model, recipe: Recipe, accelerator) -> bool:
     if reason is None and recipe.data.augment:
         # the recipe asks for augmentation that fixed features of the evaluation view cannot give
         reason = f"data.augment sets {', '.join(sorted(recipe.data.augment))}"
+    if reason is None and recipe.train.mixup is not None:
+        reason = "train.mixup mixes images (and CutMix cuts them), not fixed features"
+    if reason is None and recipe.data.sampler == "balanced":
+        reason = "data.sampler=balanced draws the training images, and cached features are read in their own order"
     if reason is not None:
         if setting is True:
             raise UsageError(f"train.head_feature_cache=true is not possible: {reason}")

@@ -10,8 +10,9 @@ from pathlib import Path
 from ..recipe_schema import Recipe
 from ..rundir import exported_epoch, read_checkpoint_state, write_history, write_metrics
 from .accelerate_compat import rewrap_ddp
-from .build import add_param_groups, build_run, create_scheduler, current_lr, flat_config
+from .build import add_param_groups, build_run, create_scheduler, current_lr, init_tracking
 from .checkpoint import TrainerState, export_best, save_checkpoint
+from .early_stopping import StopRule
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -28,7 +29,8 @@ class Trainer:
         self.accelerator, self.core, self.model = parts.accelerator, parts.core, parts.model
         self.optimizer, self.scheduler, self.ema = parts.optimizer, parts.scheduler, parts.ema
         self.train_loader, self.val_loader = parts.train_loader, parts.val_loader
-        self.criterion = parts.criterion
+        self.criterion, self.mixup = parts.criterion, parts.mixup
+        self.stop_rule = StopRule.from_recipe(recipe.train.early_stopping)
         self.label_names, self.data_config = parts.label_names, parts.data_config
         self.params_total, self.updates_per_epoch = parts.params_total, parts.updates_per_epoch
         self.state = TrainerState()
@@ -105,11 +107,14 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         """One epoch (or its rest, after a mid-epoch checkpoint); returns loss, accuracy and images over all ranks.
 
-        The loss is the mean training criterion (cross-entropy with the recipe's label smoothing, nats) and the
-        accuracy a fraction in [0, 1], both over the images of this pass.
+        The loss is the mean training criterion (cross-entropy with the recipe's label smoothing and class weights,
+        against mixup's soft targets when mixing, nats) and the accuracy a fraction in [0, 1], both over the images
+        of this pass; with mixup, a mixed image counts as right when the model picks its dominant label.
         """
         import torch
         from tqdm.auto import tqdm
+
+        from .losses import dominant_labels
 
         accelerator, state = self.accelerator, self.state
         self.model.train()
@@ -133,11 +138,11 @@ class Trainer:
         )
         for batch in bar:
             images, labels = batch_inputs(batch, self.train_config.channels_last)
-            loss, logits = self._train_step(images, labels)
+            loss, logits, targets = self._train_step(images, labels, epoch, state.batches_done)
             state.batches_done += 1
             count = labels.numel()
             sums[0] += loss.detach().double() * count
-            sums[1] += (logits.detach().argmax(1) == labels).sum()
+            sums[1] += (logits.detach().argmax(1) == dominant_labels(targets)).sum()
             sums[2] += count
             if accelerator.sync_gradients:
                 self._after_update(loss, sums, total)
@@ -145,18 +150,20 @@ class Trainer:
         loss_sum, correct, count = accelerator.reduce(torch.stack(sums), "sum").tolist()
         return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "count": count}
 
-    def _train_step(self, images, labels):
-        """Forward, backward, and the optimizer step on an accumulation's last micro-batch: ``(loss, logits)``."""
+    def _train_step(self, images, labels, epoch: int, step: int):
+        """Mix (mixup/CutMix, seeded by epoch and the epoch's batch ``step``), forward, backward, and the optimizer
+        step on an accumulation's last micro-batch: ``(loss, logits, targets)``."""
         accelerator, clip = self.accelerator, self.train_config.clip_grad
         with accelerator.accumulate(self.model):
+            images, targets = self.mixup(images, labels, epoch, step)
             logits = self.model(images)
-            loss = self.criterion(logits, labels)
+            loss = self.criterion(logits, targets)
             accelerator.backward(loss)
             if clip is not None and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return loss, logits
+        return loss, logits, targets
 
     def _after_update(self, loss, sums, total: int) -> None:
         """After an optimizer update: schedule, EMA, tracker, and the mid-epoch checkpoint every N updates."""
@@ -180,17 +187,11 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train the remaining epochs (resuming first when asked), then :meth:`finish`: metrics.json's content."""
-        track = self.recipe.track
-        if track.wandb:
-            init = {"mode": track.mode, "dir": str(self.output_dir)}
-            if track.run_name:
-                init["name"] = track.run_name
-            config = flat_config(self.recipe.model_dump())
-            self.accelerator.init_trackers(track.project, config=config, init_kwargs={"wandb": init})
+        init_tracking(self.accelerator, self.recipe)
         if self.resume_from is not None:
             self._resume()
         state = self.state
-        while state.epoch < self.train_config.epochs:
+        while state.epoch < self.train_config.epochs and state.early_stop is None:
             epoch = state.epoch + 1
             for step in self.recipe.model.unfreeze:
                 if step.epoch == epoch and step.stage not in state.unfrozen:
@@ -204,7 +205,8 @@ class Trainer:
         return self.finish()
 
     def _end_epoch(self, epoch: int, train_metrics: dict, validation: dict, elapsed: float) -> None:
-        """Record the epoch, checkpoint it, export the model when validation accuracy improved, report."""
+        """Record the epoch, judge it (best epoch, early stopping: :meth:`TrainerState.judge_epoch`), checkpoint it,
+        export the model when it improved, report."""
         accelerator, state = self.accelerator, self.state
         lr = current_lr(self.optimizer)
         record = epoch_record(epoch, train_metrics, validation, lr, elapsed)
@@ -212,19 +214,13 @@ class Trainer:
         state.val_num_samples = validation["num_samples"]
         state.train_time_s += elapsed
         state.epoch, state.batches_done, state.epoch_time_s, state.train_sums = epoch, 0, 0.0, [0.0, 0.0, 0.0]
-        improved = validation["accuracy"] > state.best_val_accuracy
-        if improved:
-            state.best_epoch, state.best_val_accuracy = epoch, validation["accuracy"]
+        improved = state.judge_epoch(self.stop_rule, epoch, record)
         self._write_history()
         self._save_checkpoint()
         if improved:
             self._export()
         accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=state.global_update)
-        accelerator.print(
-            f"epoch {epoch}/{self.train_config.epochs}  train loss {record['train_loss']:.4f} "
-            f"acc {record['train_accuracy']:.4f}  val loss {validation['loss']:.4f} acc {validation['accuracy']:.4f}"
-            f"{' *' if improved else ''}  lr {lr:.2e}  {elapsed:.1f}s"
-        )
+        accelerator.print(epoch_line(record, self.train_config.epochs, improved, state.early_stop))
         if self.epoch_callback is not None and self.is_main:
             self.epoch_callback(epoch, dict(record))
 
@@ -241,10 +237,8 @@ class Trainer:
         accelerator, state = self.accelerator, self.state
         accelerator.wait_for_everyone()  # model/ holds the best epoch on every rank's view of the disk
         validation = best_validation(state)
-        num_workers = self.recipe.data.num_workers
-        test = final_test_metrics(
-            self.output_dir, accelerator=accelerator, num_workers=num_workers, progress=self.is_main
-        )
+        workers = self.recipe.data.num_workers
+        test = final_test_metrics(self.output_dir, accelerator=accelerator, num_workers=workers, progress=self.is_main)
         metrics = {
             "model": self.recipe.model.name,
             "freeze": str(self.recipe.model.freeze),
@@ -258,6 +252,8 @@ class Trainer:
             "train_time_s": state.train_time_s,
             "images_per_s": state.images_seen / state.loop_time_s if state.loop_time_s else None,
         }
+        if self.train_config.early_stopping is not None:  # null: it never stopped (all train.epochs ran)
+            metrics["early_stopping"] = state.early_stop
         if self.is_main:
             write_metrics(self.output_dir, metrics)
         accelerator.log({f"test/{k}": v for k, v in scalar_metrics(test).items()}, step=state.global_update)
@@ -313,6 +309,16 @@ def evaluate_module(accelerator, module, loader, channels_last: bool, *, desc: s
             correct += (logits.argmax(1) == labels).sum()
             count += labels.numel()
     return {"accuracy": correct.item() / max(count, 1), "loss": loss_sum.item() / max(count, 1), "num_samples": count}
+
+
+def epoch_line(record: dict, epochs: int, improved: bool, early_stop: dict | None) -> str:
+    """The line printed after an epoch (``*``: the new best epoch), and why training stops when it stops early."""
+    line = (
+        f"epoch {record['epoch']}/{epochs}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
+        f"  val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f}{' *' if improved else ''}"
+        f"  lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s"
+    )
+    return line if early_stop is None else f"{line}\nearly stopping at epoch {record['epoch']}: {early_stop['reason']}"
 
 
 def epoch_record(epoch: int, train_metrics: dict, validation: dict, lr: float, elapsed: float) -> dict:

@@ -44,16 +44,28 @@ def preflight(recipe: Mapping[str, Any] | Recipe) -> None:
     - ``model.freeze`` and every ``model.unfreeze`` stage name against the model's stages
       (:func:`inat_zoo.freeze.check_schedule`); the unfreeze epochs are checked by the recipe schema;
     - the input size against the model: a square training crop (``data.image_size``, else ``model.args.img_size``,
-      else the model's default) that the model, its head included, can take.
+      else the model's default) that the model, its head included, can take;
+    - ``train.mixup`` against the batch (timm's Mixup mixes each image with its mirror in the batch: an even
+      ``train.batch_size``, the per-process batch) and a ``train.class_weights`` list against the class count.
 
     Raises :class:`UsageError` for each of them.
     """
     from ..freeze import check_schedule
+    from .losses import check_class_weight_count
 
     recipe = typed_recipe(recipe)
     section = recipe.model
+    batch_size = recipe.train.batch_size
+    if recipe.train.mixup is not None and batch_size % 2:
+        raise UsageError(
+            f"recipe key 'train.batch_size' must be even with mixup (timm's Mixup mixes each image with its "
+            f"mirror in the per-process batch), got {batch_size}"
+        )
     _check_square(section.args.get("img_size"))
-    model = create_model(recipe, _class_count(recipe), meta=True)
+    num_classes = _class_count(recipe)
+    if num_classes is not None:
+        check_class_weight_count(recipe.train.class_weights, num_classes)
+    model = create_model(recipe, num_classes, meta=True)
     check_schedule(model, section.freeze, [(step.epoch, step.stage) for step in section.unfreeze])
     _check_input_size(model, recipe)
 
