@@ -71,10 +71,9 @@ def build_parts(recipe: Recipe, device: str) -> RangeTestParts:
     """The recipe's model, optimizer, loss and training loader, from the trainer's factories: the ONE place this
     module calls them. Raises :class:`UsageError` as the
     trainer's preflight checks do (data root, model, freeze strategy, input size)."""
-    import torch
     from accelerate.utils import set_seed
 
-    from .trainer import build, loaders
+    from .trainer import build, loaders, losses
     from .trainer.preflight import check_data_root, preflight
 
     check_data_root(recipe)
@@ -88,7 +87,10 @@ def build_parts(recipe: Recipe, device: str) -> RangeTestParts:
     model = build.freeze_model(model, recipe).to(device)
     train_loader, _val_loader, _eval_transform = loaders.image_loaders(splits, recipe, config)
     optimizer = build.create_optimizer(model, recipe)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.train.label_smoothing)
+    # the recipe's loss (label smoothing, class weights); batches are not mixed (train.mixup), as fastai's lr_find
+    labels = loaders.train_labels(splits) if recipe.train.class_weights == "balanced" else []
+    weight = losses.class_weights(recipe, labels, len(splits["train"].features["label"].names))
+    criterion = losses.create_criterion(recipe, None if weight is None else weight.to(device), soft_targets=False)
     train = recipe.train
     return RangeTestParts(model, optimizer, train_loader, criterion, train.clip_grad, train.channels_last)
 
