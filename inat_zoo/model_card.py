@@ -439,6 +439,12 @@ def build_model_card(
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, best_epoch: int | None = None) -> Path:
     """Loss and accuracy per epoch (train and validation) from history.jsonl, as one PNG; the kept epoch marked."""
+    training_curves_figure(history, best_epoch).savefig(path, format="png")
+    return Path(path)
+
+
+def training_curves_figure(history: Sequence[dict[str, Any]], best_epoch: int | None = None):
+    """The matplotlib ``Figure`` (no pyplot) of :func:`plot_training_curves`, for the trackers' pictures too."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -459,5 +465,4 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, be
         ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend()
-    fig.savefig(path, format="png")
-    return Path(path)
+    return fig

@@ -259,13 +259,30 @@ class UnfreezeStep(_Section):
         return item
 
 
+def _pretrained(value: Any) -> bool | str:
+    """``true``/``false``, or a local PATH to weights (whether it exists and fits is checked by the preflight)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (str, os.PathLike)) and os.fspath(value).strip():
+        return os.fspath(value).strip()
+    raise recipe_value_error(
+        f" must be true, false or a PATH to weights (a .safetensors/.pth/.bin file, a timm model folder or a run "
+        f"directory), got {value!r} ({type_name(value)})"
+    )
+
+
 class ModelSection(_Section):
-    """``model``: the timm model (name, kwargs, pretrained weights) and what of it is frozen when."""
+    """``model``: the timm model (name, kwargs, pretrained weights) and what of it is frozen when.
+
+    ``pretrained`` is true (timm's own weights of ``name``), false, or a PATH to local weights: a ``.safetensors``,
+    ``.pth`` or ``.bin`` file, a folder in timm's Hub layout (config.json + model.safetensors) or a run directory
+    (its ``model/``); see :mod:`inat_zoo.trainer.weights`.
+    """
 
     # validated even when left out, as before: checking the name registers inat_* with timm for the caller
     name: Annotated[str, BeforeValidator(_model_name)] = Field("inat_flexible_cnn", validate_default=True)
     args: FreeMapping = Field(default_factory=dict)
-    pretrained: bool = False
+    pretrained: Annotated[bool | str, BeforeValidator(_pretrained)] = False
     freeze: Annotated[FreezeStrategy, BeforeValidator(_freeze), PlainSerializer(str)] = FreezeStrategy("none")
     unfreeze: Annotated[list[UnfreezeStep], BeforeValidator(_unfreeze_list)] = Field(default_factory=list)
 
@@ -326,6 +343,42 @@ def _head_feature_cache(value: Any) -> str | bool:
     return value
 
 
+def _teacher(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise recipe_value_error(
+            f" must be a MODEL: a run directory, local-dir:PATH or hf-hub:ORG/NAME, got {value!r} ({type_name(value)})"
+        )
+    return value.strip()
+
+
+def _unit_interval(value: Any) -> float:
+    number = _yaml_number(value)
+    if not 0.0 <= number <= 1.0:
+        raise recipe_value_error(f" must be between 0 and 1 (the weight of the teacher's term), got {number:g}")
+    return number
+
+
+class Distill(_Section):
+    """``train.distill``: knowledge distillation from a frozen ``teacher`` (:mod:`inat_zoo.trainer.distill`).
+
+    ``teacher`` is a MODEL (run directory, ``local-dir:PATH``, ``hf-hub:ORG/NAME``); ``alpha`` in [0, 1] weighs the
+    teacher's term against the labels' cross-entropy; ``temperature`` > 0 softens both distributions.
+    """
+
+    null_means_defaults: ClassVar[bool] = False
+
+    teacher: Annotated[str, BeforeValidator(_teacher)]
+    alpha: Annotated[float, BeforeValidator(_unit_interval)] = 0.5
+    temperature: Number = Field(4.0, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _needs_a_teacher(cls, values: Any) -> Any:
+        if isinstance(values, Mapping) and "teacher" not in values:
+            raise recipe_value_error(" needs a teacher: a run directory, local-dir:PATH or hf-hub:ORG/NAME")
+        return values
+
+
 class TrainSection(_Section):
     """``train``: optimisation (timm optimizer and scheduler names), precision, EMA, caching and checkpoints.
 
@@ -355,12 +408,37 @@ class TrainSection(_Section):
     checkpoint_every_steps: int | None = Field(None, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)
+    distill: Distill | None = None
 
 
 # ------------------------------------------------------------------------------------------------------- track
-class TrackSection(_Section):
-    """``track``: Weights & Biases logging (off by default; ``mode`` offline writes locally only)."""
+TRACKERS = ("wandb", "tensorboard", "trackio", "mlflow")
 
+
+def _backends(value: Any) -> list[str]:
+    """One tracker name or a list of them (accelerate's ``log_with`` names), without repeats, in the given order."""
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise recipe_value_error(f" must be a tracker name or a list of them ({', '.join(TRACKERS)}), got {value!r}")
+    for name in names:
+        if name not in TRACKERS:
+            close = difflib.get_close_matches(name, TRACKERS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise recipe_value_error(f": unknown tracker {name!r}{hint}; choose from {', '.join(TRACKERS)}")
+    return list(dict.fromkeys(names))
+
+
+class TrackSection(_Section):
+    """``track``: experiment trackers through accelerate (off by default).
+
+    ``backend`` names one or several of wandb, tensorboard, trackio, mlflow; ``wandb: true`` adds wandb to them
+    (``mode`` offline writes locally only). Every local store lives inside the run directory
+    (:func:`inat_zoo.rundir.tracking_dir`).
+    """
+
+    backend: Annotated[list[str], BeforeValidator(_backends)] = Field(default_factory=list)
     wandb: bool = False
     project: str = "inat_zoo"
     mode: Literal["online", "offline", "disabled"] = "offline"

@@ -101,8 +101,8 @@ def image_loaders(splits, recipe: Recipe, data_config: dict):
 
 def feature_cache_wanted(model, recipe: Recipe, accelerator) -> bool:
     """``train.head_feature_cache``; ``auto``: for freeze=head when the model allows the cut, nothing needs the full
-    model in the loop and the recipe asks for no augmentation of its own (``data.augment``). Raises
-    :class:`UsageError` when ``true`` is asked and not possible."""
+    model in the loop (EMA, unfreezing, distillation) and the recipe asks for no augmentation of its own
+    (``data.augment``). Raises :class:`UsageError` when ``true`` is asked and not possible."""
     from ..feature_cache import why_no_feature_cache
 
     setting = recipe.train.head_feature_cache
@@ -113,6 +113,8 @@ def feature_cache_wanted(model, recipe: Recipe, accelerator) -> bool:
     reason = why_no_feature_cache(model)
     if reason is None and recipe.train.ema is not False:
         reason = "train.ema averages the whole model"
+    if reason is None and recipe.train.distill is not None:
+        reason = "train.distill feeds the teacher the training images"
     if reason is None and recipe.model.unfreeze:
         reason = "model.unfreeze changes the frozen part"
     if reason is None and recipe.data.augment:

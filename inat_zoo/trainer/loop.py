@@ -12,6 +12,7 @@ from ..rundir import exported_epoch, read_checkpoint_state, write_history, write
 from .accelerate_compat import rewrap_ddp
 from .build import add_param_groups, build_run, create_scheduler, current_lr, flat_config
 from .checkpoint import TrainerState, export_best, save_checkpoint
+from .tracking import backends, log_curves, start_trackers
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -28,11 +29,11 @@ class Trainer:
         self.accelerator, self.core, self.model = parts.accelerator, parts.core, parts.model
         self.optimizer, self.scheduler, self.ema = parts.optimizer, parts.scheduler, parts.ema
         self.train_loader, self.val_loader = parts.train_loader, parts.val_loader
-        self.criterion = parts.criterion
+        self.criterion, self.distill = parts.criterion, parts.distill
         self.label_names, self.data_config = parts.label_names, parts.data_config
         self.params_total, self.updates_per_epoch = parts.params_total, parts.updates_per_epoch
         self.state = TrainerState()
-        self.log_every = 10 if recipe.track.wandb else 0  # per-step metrics for the tracker, every N updates
+        self.log_every = 10 if backends(recipe) else 0  # per-step metrics for the tracker, every N updates
         self.trainable_params = sum(p.numel() for p in self.core.parameters() if p.requires_grad)
 
     @property
@@ -151,6 +152,7 @@ class Trainer:
         with accelerator.accumulate(self.model):
             logits = self.model(images)
             loss = self.criterion(logits, labels)
+            loss = self.distill(loss, logits, images)
             accelerator.backward(loss)
             if clip is not None and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(self.model.parameters(), clip)
@@ -180,13 +182,7 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train the remaining epochs (resuming first when asked), then :meth:`finish`: metrics.json's content."""
-        track = self.recipe.track
-        if track.wandb:
-            init = {"mode": track.mode, "dir": str(self.output_dir)}
-            if track.run_name:
-                init["name"] = track.run_name
-            config = flat_config(self.recipe.model_dump())
-            self.accelerator.init_trackers(track.project, config=config, init_kwargs={"wandb": init})
+        start_trackers(self.accelerator, self.recipe, flat_config(self.recipe.model_dump()))
         if self.resume_from is not None:
             self._resume()
         state = self.state
@@ -201,7 +197,9 @@ class Trainer:
             state.images_seen += int(train_metrics["count"] - images_before)
             validation = self.evaluate(self.val_loader, "validation")
             self._end_epoch(epoch, train_metrics, validation, time.perf_counter() - started)
-        return self.finish()
+        metrics = self.finish()
+        log_curves(self.accelerator, state.history, state.best_epoch, state.global_update)
+        return metrics
 
     def _end_epoch(self, epoch: int, train_metrics: dict, validation: dict, elapsed: float) -> None:
         """Record the epoch, checkpoint it, export the model when validation accuracy improved, report."""

@@ -44,7 +44,10 @@ def preflight(recipe: Mapping[str, Any] | Recipe) -> None:
     - ``model.freeze`` and every ``model.unfreeze`` stage name against the model's stages
       (:func:`inat_zoo.freeze.check_schedule`); the unfreeze epochs are checked by the recipe schema;
     - the input size against the model: a square training crop (``data.image_size``, else ``model.args.img_size``,
-      else the model's default) that the model, its head included, can take.
+      else the model's default) that the model, its head included, can take;
+    - ``model.pretrained: PATH``: the weights exist, can be read and fit the model (:mod:`.weights`);
+    - ``train.distill``: the teacher exists and has the data's class count (:func:`.distill.check_teacher`);
+    - ``track.backend``: every tracker's package is installed (:func:`.tracking.check_trackers`).
 
     Raises :class:`UsageError` for each of them.
     """
@@ -53,9 +56,21 @@ def preflight(recipe: Mapping[str, Any] | Recipe) -> None:
     recipe = typed_recipe(recipe)
     section = recipe.model
     _check_square(section.args.get("img_size"))
-    model = create_model(recipe, _class_count(recipe), meta=True)
+    classes = _class_count(recipe)
+    model = create_model(recipe, classes, meta=True)
     check_schedule(model, section.freeze, [(step.epoch, step.stage) for step in section.unfreeze])
     _check_input_size(model, recipe)
+    if isinstance(section.pretrained, str):
+        from .weights import check_weights
+
+        check_weights(model, section.pretrained)
+    if recipe.train.distill is not None:
+        from .distill import check_teacher
+
+        check_teacher(recipe.train.distill.teacher, classes)
+    from .tracking import check_trackers
+
+    check_trackers(recipe)
 
 
 def _check_square(img_size) -> None:
