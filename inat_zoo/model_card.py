@@ -95,7 +95,7 @@ def base_model_id(recipe: dict[str, Any]) -> str | None:
     """The Hub id of the pretrained weights a fine-tune started from (only ids timm's registry knows exist)."""
     model = recipe.get("model") or {}
     name = str(model.get("name") or "")
-    if not model.get("pretrained"):
+    if model.get("pretrained") is not True:  # false, or a local weights PATH: no Hub id to name
         return None
     if name.startswith("hf-hub:"):
         return name[len("hf-hub:") :].split("@")[0]
@@ -381,6 +381,7 @@ def _training_fields(run: RunFiles) -> dict[str, Any]:
         "freeze": freeze,
         "freeze_explanation": _freeze_explanation(freeze),
         "unfreeze": model_recipe.get("unfreeze") or [],
+        "distill": (recipe.get("train") or {}).get("distill"),  # the teacher, alpha and temperature, or None
         "hyperparameters": _hyperparameters(recipe, metrics),
         "best_epoch": _fmt(metrics.get("best_epoch")),
         "epochs": _fmt(metrics.get("epochs")),
