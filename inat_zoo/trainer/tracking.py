@@ -8,8 +8,8 @@ Every tracker gets the same scalars through ``accelerator.log`` (accelerate's ``
 - TensorBoard: event files under ``<run>/tracking/tensorboard/<project>/`` (accelerate's ``logging_dir``);
 - MLflow: the SQLite tracking store ``<run>/tracking/mlflow/mlflow.db`` (MLflow's own default would be a database
   in the current folder; its file store is deprecated) and the experiment's artifacts in ``.../mlflow/artifacts``;
-- trackio: its ``TRACKIO_DIR`` is ``<run>/tracking/trackio``. trackio reads that variable once, when it is first
-  imported, so it is set only around that import and put back afterwards;
+- trackio: its ``TRACKIO_DIR`` is ``<run>/tracking/trackio``. trackio reads that variable once, when it is
+  imported, so it is set only around that import and put back afterwards (:func:`_import_trackio`);
 - W&B: ``<run>/wandb`` (``init(dir=<run>)``), as before.
 
 At the end of the run the training-curves figure (:func:`inat_zoo.model_card.training_curves_figure`) goes to every
@@ -19,7 +19,6 @@ backend that takes pictures: TensorBoard and W&B through accelerate's ``log_imag
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import sys
@@ -48,20 +47,12 @@ def backends(recipe: Recipe) -> list[str]:
 
 
 def check_trackers(recipe: Recipe) -> None:
-    """The preflight's check: each tracker's package is installed, and trackio (if already imported in this
-    process) writes into this run's directory. Raises :class:`UsageError` naming the extra to install."""
+    """The preflight's check: each tracker's package is installed. Raises :class:`UsageError` naming the extra to
+    install."""
     for name in backends(recipe):
         module, install = _PACKAGES[name]
         if importlib.util.find_spec(module) is None:
             raise UsageError(f"track.backend {name}: the {module} package is not installed ({install})")
-    if "trackio" in backends(recipe) and "trackio.utils" in sys.modules:
-        wanted = tracking_dir(recipe.output_dir, "trackio").resolve()
-        current = Path(sys.modules["trackio.utils"].TRACKIO_DIR).resolve()
-        if current != wanted:
-            raise UsageError(
-                f"track.backend trackio: trackio was imported earlier in this process with its store in {current}, "
-                f"and reads TRACKIO_DIR only once; train this run in its own process to keep its store in {wanted}"
-            )
 
 
 def accelerator_options(recipe: Recipe) -> dict:
@@ -82,13 +73,23 @@ def _init_kwargs(recipe: Recipe) -> dict:
     return {name: kwargs[name] for name in backends(recipe) if name in kwargs}
 
 
-@contextlib.contextmanager
-def _trackio_dir(directory: Path):
-    """``TRACKIO_DIR`` set to ``directory`` for the duration (trackio reads it at import), then put back."""
+def _import_trackio(directory: Path) -> None:
+    """Import trackio with ``TRACKIO_DIR=directory``, then put the variable back as it was.
+
+    trackio reads ``TRACKIO_DIR`` once, when it is imported (``trackio.utils.TRACKIO_DIR``, copied into several of
+    its modules), and has no per-run directory argument; a trackio imported earlier in this process (another run, a
+    notebook) with another store is imported afresh, so accelerate's tracker (which imports trackio when it starts)
+    writes into this run.
+    """
+    loaded = sys.modules.get("trackio.utils")
+    if loaded is not None and Path(loaded.TRACKIO_DIR).resolve() == directory:
+        return
+    for name in [name for name in sys.modules if name == "trackio" or name.startswith("trackio.")]:
+        del sys.modules[name]
     before = os.environ.get("TRACKIO_DIR")
     os.environ["TRACKIO_DIR"] = str(directory)
     try:
-        yield
+        importlib.import_module("trackio")
     finally:
         if before is None:
             os.environ.pop("TRACKIO_DIR", None)
@@ -111,9 +112,9 @@ def start_trackers(accelerator, recipe: Recipe, config: dict) -> None:
         import mlflow
 
         mlflow.set_tracking_uri(f"sqlite:///{(tracking_dir(out, 'mlflow') / MLFLOW_DB).resolve()}")
-    directory = tracking_dir(out, "trackio").resolve()
-    with _trackio_dir(directory) if "trackio" in names else contextlib.nullcontext():
-        accelerator.init_trackers(recipe.track.project, config=config, init_kwargs=_init_kwargs(recipe))
+    if "trackio" in names:
+        _import_trackio(tracking_dir(out, "trackio").resolve())
+    accelerator.init_trackers(recipe.track.project, config=config, init_kwargs=_init_kwargs(recipe))
 
 
 def log_curves(accelerator, history: list[dict], best_epoch: int | None, step: int) -> None:
