@@ -112,3 +112,17 @@ def test_bad_distill_settings_are_one_line_and_write_nothing(teacher_run, sample
     with pytest.raises(UsageError, match="has 3 classes, the data 10"):
         train(tiny_recipe(sample_root, out, train={"distill": {"teacher": f"local-dir:{three}"}}))
     assert not out.exists()
+
+
+def test_the_shipped_recipe_distils_the_flexible_cnn_from_a_resnet50_run():
+    from inat_zoo.config import load_typed_recipe
+    from inat_zoo.trainer.distill import check_teacher
+
+    from .train_helpers import REPO
+
+    recipe = load_typed_recipe(REPO / "recipes" / "flexible_cnn_distill.yaml")
+    assert recipe.model.name == "inat_flexible_cnn" and recipe.model.pretrained is False
+    assert recipe.train.distill == Distill(teacher="runs/resnet50_until_layer3", alpha=0.7, temperature=4.0)
+    assert "TARGET, NOT YET RUN" in (REPO / "recipes" / "flexible_cnn_distill.yaml").read_text().splitlines()[0]
+    with pytest.raises(UsageError, match="train.distill.teacher 'no/such/teacher_run': no such run directory"):
+        check_teacher("no/such/teacher_run", 10)
