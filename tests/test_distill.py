@@ -126,3 +126,23 @@ def test_the_shipped_recipe_distils_the_flexible_cnn_from_a_resnet50_run():
     assert "TARGET, NOT YET RUN" in (REPO / "recipes" / "flexible_cnn_distill.yaml").read_text().splitlines()[0]
     with pytest.raises(UsageError, match="train.distill.teacher 'no/such/teacher_run': no such run directory"):
         check_teacher("no/such/teacher_run", 10)
+
+
+def test_the_head_feature_cache_steps_aside_for_distillation(sample_root, tmp_path, capsys):
+    from accelerate import Accelerator
+
+    from inat_zoo.trainer.accelerate_compat import reset_accelerator_state
+    from inat_zoo.trainer.build import create_model, freeze_model
+    from inat_zoo.trainer.loaders import feature_cache_wanted
+
+    reset_accelerator_state()
+    accelerator = Accelerator(cpu=True)
+    recipe = typed_recipe(
+        tiny_recipe(sample_root, tmp_path / "r", model={"freeze": "head"}, train={"distill": {"teacher": "t"}})
+    )
+    model = freeze_model(create_model(recipe, 10), recipe)
+    assert feature_cache_wanted(model, recipe, accelerator) is False
+    assert "head feature cache off: train.distill feeds the teacher the training images" in capsys.readouterr().out
+    recipe.train.head_feature_cache = True
+    with pytest.raises(UsageError, match="head_feature_cache=true is not possible: train.distill"):
+        feature_cache_wanted(model, recipe, accelerator)
