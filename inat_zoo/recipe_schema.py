@@ -272,12 +272,8 @@ def _pretrained(value: Any) -> bool | str:
 
 
 class ModelSection(_Section):
-    """``model``: the timm model (name, kwargs, pretrained weights) and what of it is frozen when.
-
-    ``pretrained`` is true (timm's own weights of ``name``), false, or a PATH to local weights: a ``.safetensors``,
-    ``.pth`` or ``.bin`` file, a folder in timm's Hub layout (config.json + model.safetensors) or a run directory
-    (its ``model/``); see :mod:`inat_zoo.trainer.weights`.
-    """
+    """``model``: the timm model (name, kwargs, pretrained weights: true, false or a local weights PATH, see
+    :mod:`inat_zoo.trainer.weights`) and what of it is frozen when."""
 
     # validated even when left out, as before: checking the name registers inat_* with timm for the caller
     name: Annotated[str, BeforeValidator(_model_name)] = Field("inat_flexible_cnn", validate_default=True)
@@ -351,24 +347,14 @@ def _teacher(value: Any) -> str:
     return value.strip()
 
 
-def _unit_interval(value: Any) -> float:
-    number = _yaml_number(value)
-    if not 0.0 <= number <= 1.0:
-        raise recipe_value_error(f" must be between 0 and 1 (the weight of the teacher's term), got {number:g}")
-    return number
-
-
 class Distill(_Section):
-    """``train.distill``: knowledge distillation from a frozen ``teacher`` (:mod:`inat_zoo.trainer.distill`).
-
-    ``teacher`` is a MODEL (run directory, ``local-dir:PATH``, ``hf-hub:ORG/NAME``); ``alpha`` in [0, 1] weighs the
-    teacher's term against the labels' cross-entropy; ``temperature`` > 0 softens both distributions.
-    """
+    """``train.distill`` (:mod:`inat_zoo.trainer.distill`): a ``teacher`` MODEL; ``alpha`` in [0, 1] weighs its term
+    against the labels' cross-entropy; ``temperature`` > 0 softens both distributions."""
 
     null_means_defaults: ClassVar[bool] = False
 
     teacher: Annotated[str, BeforeValidator(_teacher)]
-    alpha: Annotated[float, BeforeValidator(_unit_interval)] = 0.5
+    alpha: Number = Field(0.5, ge=0.0, le=1.0)
     temperature: Number = Field(4.0, gt=0.0)
 
     @model_validator(mode="before")
@@ -431,12 +417,8 @@ def _backends(value: Any) -> list[str]:
 
 
 class TrackSection(_Section):
-    """``track``: experiment trackers through accelerate (off by default).
-
-    ``backend`` names one or several of wandb, tensorboard, trackio, mlflow; ``wandb: true`` adds wandb to them
-    (``mode`` offline writes locally only). Every local store lives inside the run directory
-    (:func:`inat_zoo.rundir.tracking_dir`).
-    """
+    """``track``: trackers through accelerate (:mod:`inat_zoo.trainer.tracking`; none by default): ``backend`` one or
+    several of :data:`TRACKERS`, ``wandb: true`` adds wandb (``mode`` offline writes locally only)."""
 
     backend: Annotated[list[str], BeforeValidator(_backends)] = Field(default_factory=list)
     wandb: bool = False
