@@ -123,7 +123,8 @@ def _pct(value: Any) -> str:
 def _hyperparameters(recipe: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("seed", _fmt(recipe.get("seed")))]
     for key, value in (recipe.get("train") or {}).items():
-        rows.append((f"train.{key}", _fmt(value)))
+        if key != "distill":  # its own line, the teacher's local path cut to a name (_distill)
+            rows.append((f"train.{key}", _fmt(value)))
     data = recipe.get("data") or {}
     for key in ("image_size", "val_fraction"):
         if key in data:
@@ -372,6 +373,17 @@ def _model_fields(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, 
     }
 
 
+def _distill(distill: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``train.distill`` as the card shows it: a local teacher (run directory, ``local-dir:``) by its folder's name
+    only, as the published recipe shows local folders; an ``hf-hub:`` teacher as is."""
+    from .rundir import MODEL_DIR
+
+    if not distill or str(distill.get("teacher", "")).startswith("hf-hub:"):
+        return distill
+    folder = Path(str(distill.get("teacher", "")).removeprefix("local-dir:"))
+    return {**distill, "teacher": (folder.parent if folder.name == MODEL_DIR else folder).name}
+
+
 def _training_fields(run: RunFiles) -> dict[str, Any]:
     """The template's fields on how the run was trained: freezing, hyperparameters, epochs, time, processes."""
     recipe, metrics = run.recipe, run.metrics
@@ -381,7 +393,7 @@ def _training_fields(run: RunFiles) -> dict[str, Any]:
         "freeze": freeze,
         "freeze_explanation": _freeze_explanation(freeze),
         "unfreeze": model_recipe.get("unfreeze") or [],
-        "distill": (recipe.get("train") or {}).get("distill"),  # the teacher, alpha and temperature, or None
+        "distill": _distill((recipe.get("train") or {}).get("distill")),
         "hyperparameters": _hyperparameters(recipe, metrics),
         "best_epoch": _fmt(metrics.get("best_epoch")),
         "epochs": _fmt(metrics.get("epochs")),
