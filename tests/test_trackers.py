@@ -1,5 +1,6 @@
-"""``track.backend``: the same scalars and the training-curves picture to TensorBoard, MLflow and trackio, each store
-inside the run directory (read back with the libraries' own readers), and a missing package refused in one line."""
+"""``track.backend``: the same scalars and the training-curves picture to TensorBoard and MLflow, each store inside
+the run directory (read back with the libraries' own readers), and a missing package refused in one line. trackio
+(Pillow < 13) is tested in ``test_trackers_trackio.py``, which ``make test`` runs in the extras venv."""
 
 from __future__ import annotations
 
@@ -63,26 +64,3 @@ def test_a_missing_tracker_package_names_the_extra(sample_root, tmp_path, capsys
         "(pip install 'inat-zoo[trackio]')\n"
     )
     assert not out.exists()
-
-
-@pytest.mark.extras_env
-def test_trackio_keeps_its_store_in_the_run_directory(sample_root, tmp_path, monkeypatch):
-    pytest.importorskip("trackio", reason="trackio is an optional extra (inat-zoo[trackio], Pillow < 13)")
-    import json
-    import sqlite3
-
-    monkeypatch.delenv("TRACKIO_DIR", raising=False)
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "run"
-    metrics = train(tiny_recipe(sample_root, out, **DEFAULTS, track={"backend": "trackio", "project": "tiny"}))
-    assert "TRACKIO_DIR" not in os.environ  # set only around trackio's import
-    store = out / "tracking" / "trackio"
-    import trackio  # the trackio that the run imported, reading the run's store
-
-    assert len(trackio.Api().runs("tiny")) == 1
-    with sqlite3.connect(store / "tiny.db") as db:  # trackio's local store: one JSON record per log() call
-        logged = {k: v for (row,) in db.execute("SELECT metrics FROM metrics") for k, v in json.loads(row).items()}
-    assert EPOCH_SCALARS <= set(logged)
-    assert logged["test/accuracy"] == pytest.approx(metrics["test"]["accuracy"])
-    assert "training_curves" in logged and list((store / "media").rglob("*.png"))  # the curves, a trackio.Image
-    assert sorted(os.listdir(tmp_path)) == ["run"]
