@@ -96,4 +96,13 @@ def test_weights_of_another_architecture_are_refused_before_anything_is_written(
     (tmp_path / "bad.safetensors").write_bytes(b"not weights")
     with pytest.raises(UsageError, match="cannot read weights from"):
         train(tiny_recipe(sample_root, out, model={"pretrained": str(tmp_path / "bad.safetensors")}))
+    # a pickle that would run code is refused: .pth files are read with torch.load(weights_only=True) only
+
+    class RunsCode:
+        def __reduce__(self):
+            return print, ("this ran while unpickling",)
+
+    torch.save({"state_dict": _weights(first_run), "hook": RunsCode()}, tmp_path / "pickled.pth")
+    with pytest.raises(UsageError, match=r"cannot read weights from .*pickled\.pth: weights_only=True blocked"):
+        train(tiny_recipe(sample_root, out, model={"pretrained": str(tmp_path / "pickled.pth")}))
     assert not out.exists()
