@@ -97,7 +97,7 @@ def base_model_id(recipe: dict[str, Any]) -> str | None:
     """The Hub id of the pretrained weights a fine-tune started from (only ids timm's registry knows exist)."""
     model = recipe.get("model") or {}
     name = str(model.get("name") or "")
-    if not model.get("pretrained"):
+    if model.get("pretrained") is not True:  # false, or a local weights PATH: no Hub id to name
         return None
     if name.startswith("hf-hub:"):
         return name[len("hf-hub:") :].split("@")[0]
@@ -125,7 +125,8 @@ def _pct(value: Any) -> str:
 def _hyperparameters(recipe: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("seed", _fmt(recipe.get("seed")))]
     for key, value in (recipe.get("train") or {}).items():
-        rows.append((f"train.{key}", _fmt(value)))
+        if key != "distill":  # its own line, the teacher's local path cut to a name (_distill)
+            rows.append((f"train.{key}", _fmt(value)))
     data = recipe.get("data") or {}
     for key in ("image_size", "val_fraction"):
         if key in data:
@@ -401,6 +402,17 @@ def _model_fields(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, 
     }
 
 
+def _distill(distill: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``train.distill`` as the card shows it: a local teacher (run directory, ``local-dir:``) by its folder's name
+    only, as the published recipe shows local folders; an ``hf-hub:`` teacher as is."""
+    from .rundir import MODEL_DIR
+
+    if not distill or str(distill.get("teacher", "")).startswith("hf-hub:"):
+        return distill
+    folder = Path(str(distill.get("teacher", "")).removeprefix("local-dir:"))
+    return {**distill, "teacher": (folder.parent if folder.name == MODEL_DIR else folder).name}
+
+
 def _training_fields(run: RunFiles) -> dict[str, Any]:
     """The template's fields on how the run was trained: freezing, hyperparameters, epochs, time, processes."""
     recipe, metrics = run.recipe, run.metrics
@@ -410,6 +422,7 @@ def _training_fields(run: RunFiles) -> dict[str, Any]:
         "freeze": freeze,
         "freeze_explanation": _freeze_explanation(freeze),
         "unfreeze": model_recipe.get("unfreeze") or [],
+        "distill": _distill((recipe.get("train") or {}).get("distill")),
         "hyperparameters": _hyperparameters(recipe, metrics),
         "best_epoch": _fmt(metrics.get("best_epoch")),
         "epochs": _fmt(metrics.get("epochs")),
@@ -475,6 +488,12 @@ def build_model_card(
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, best_epoch: int | None = None) -> Path:
     """Loss and accuracy per epoch (train and validation) from history.jsonl, as one PNG; the kept epoch marked."""
+    training_curves_figure(history, best_epoch).savefig(path, format="png")
+    return Path(path)
+
+
+def training_curves_figure(history: Sequence[dict[str, Any]], best_epoch: int | None = None):
+    """The matplotlib ``Figure`` (no pyplot) of :func:`plot_training_curves`, for the trackers' pictures too."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -495,5 +514,4 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, be
         ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend()
-    fig.savefig(path, format="png")
-    return Path(path)
+    return fig

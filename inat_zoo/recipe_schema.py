@@ -259,13 +259,26 @@ class UnfreezeStep(_Section):
         return item
 
 
+def _pretrained(value: Any) -> bool | str:
+    """``true``/``false``, or a local PATH to weights (whether it exists and fits is checked by the preflight)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (str, os.PathLike)) and os.fspath(value).strip():
+        return os.fspath(value).strip()
+    raise recipe_value_error(
+        f" must be true, false or a PATH to weights (a .safetensors/.pth/.bin file, a timm model folder or a run "
+        f"directory), got {value!r} ({type_name(value)})"
+    )
+
+
 class ModelSection(_Section):
-    """``model``: the timm model (name, kwargs, pretrained weights) and what of it is frozen when."""
+    """``model``: the timm model (name, kwargs, pretrained weights: true, false or a local weights PATH, see
+    :mod:`inat_zoo.trainer.weights`) and what of it is frozen when."""
 
     # validated even when left out, as before: checking the name registers inat_* with timm for the caller
     name: Annotated[str, BeforeValidator(_model_name)] = Field("inat_flexible_cnn", validate_default=True)
     args: FreeMapping = Field(default_factory=dict)
-    pretrained: bool = False
+    pretrained: Annotated[bool | str, BeforeValidator(_pretrained)] = False
     freeze: Annotated[FreezeStrategy, BeforeValidator(_freeze), PlainSerializer(str)] = FreezeStrategy("none")
     unfreeze: Annotated[list[UnfreezeStep], BeforeValidator(_unfreeze_list)] = Field(default_factory=list)
 
@@ -371,6 +384,32 @@ class Mixup(_Section):
         return self
 
 
+def _teacher(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise recipe_value_error(
+            f" must be a MODEL: a run directory, local-dir:PATH or hf-hub:ORG/NAME, got {value!r} ({type_name(value)})"
+        )
+    return value.strip()
+
+
+class Distill(_Section):
+    """``train.distill`` (:mod:`inat_zoo.trainer.distill`): a ``teacher`` MODEL; ``alpha`` in [0, 1] weighs its term
+    against the labels' cross-entropy; ``temperature`` > 0 softens both distributions."""
+
+    null_means_defaults: ClassVar[bool] = False
+
+    teacher: Annotated[str, BeforeValidator(_teacher)]
+    alpha: Number = Field(0.5, ge=0.0, le=1.0)
+    temperature: Number = Field(4.0, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _needs_a_teacher(cls, values: Any) -> Any:
+        if isinstance(values, Mapping) and "teacher" not in values:
+            raise recipe_value_error(" needs a teacher: a run directory, local-dir:PATH or hf-hub:ORG/NAME")
+        return values
+
+
 class TrainSection(_Section):
     """``train``: optimisation (timm optimizer and scheduler names), precision, EMA, caching and checkpoints.
 
@@ -403,12 +442,33 @@ class TrainSection(_Section):
     early_stopping: EarlyStopping | None = None
     mixup: Mixup | None = None
     class_weights: Annotated[Literal["balanced"] | list[float] | None, BeforeValidator(_class_weights)] = None
+    distill: Distill | None = None
 
 
 # ------------------------------------------------------------------------------------------------------- track
-class TrackSection(_Section):
-    """``track``: Weights & Biases logging (off by default; ``mode`` offline writes locally only)."""
+TRACKERS = ("wandb", "tensorboard", "trackio", "mlflow")
 
+
+def _backends(value: Any) -> list[str]:
+    """One tracker name or a list of them (accelerate's ``log_with`` names), without repeats, in the given order."""
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise recipe_value_error(f" must be a tracker name or a list of them ({', '.join(TRACKERS)}), got {value!r}")
+    for name in names:
+        if name not in TRACKERS:
+            close = difflib.get_close_matches(name, TRACKERS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise recipe_value_error(f": unknown tracker {name!r}{hint}; choose from {', '.join(TRACKERS)}")
+    return list(dict.fromkeys(names))
+
+
+class TrackSection(_Section):
+    """``track``: trackers through accelerate (:mod:`inat_zoo.trainer.tracking`; none by default): ``backend`` one or
+    several of :data:`TRACKERS`, ``wandb: true`` adds wandb (``mode`` offline writes locally only)."""
+
+    backend: Annotated[list[str], BeforeValidator(_backends)] = Field(default_factory=list)
     wandb: bool = False
     project: str = "inat_zoo"
     mode: Literal["online", "offline", "disabled"] = "offline"

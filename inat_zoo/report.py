@@ -42,6 +42,7 @@ IGNORED_KEYS = (
     "train.eval_batch_size",
     "model.name",
     "model.freeze",
+    "train.distill.teacher",
 )
 MIN_TRIALS_FOR_IMPORTANCE = 20
 BASE_COLUMNS = ("name", "status", "model", "freeze")
@@ -51,6 +52,7 @@ HEADERS = {
     "status": "status",
     "model": "model",
     "freeze": "freeze",
+    "teacher": "teacher",
     "params": "params",
     "best_val_acc": "best val acc",
     "test_acc": "test acc",
@@ -154,6 +156,7 @@ def collect(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[str], 
             "status": status,
             "model": (metrics or {}).get("model") or recipe.get("model", {}).get("name"),
             "freeze": (metrics or {}).get("freeze") or recipe.get("model", {}).get("freeze"),
+            "teacher": (recipe.get("train", {}).get("distill") or {}).get("teacher"),
             "params": (metrics or {}).get("params"),
             "trainable_params": (metrics or {}).get("trainable_params"),
             "best_val_acc": metrics["validation"]["accuracy"] if metrics else (max(val_accs) if val_accs else None),
@@ -211,8 +214,13 @@ def _params_cell(total: int | None, trainable: int | None) -> str:
     return f"{_human_count(total)} ({_human_count(trainable)} trained)"
 
 
-def _cells(row: dict, varying: Sequence[str]) -> list[str]:
-    cells = [format_value(row[c]) for c in BASE_COLUMNS]
+def _base_columns(rows: Sequence[dict]) -> tuple[str, ...]:
+    """The run columns; ``teacher`` (``train.distill.teacher``) only when some run was distilled."""
+    return BASE_COLUMNS + ("teacher",) if any(r.get("teacher") for r in rows) else BASE_COLUMNS
+
+
+def _cells(row: dict, varying: Sequence[str], base: Sequence[str] = BASE_COLUMNS) -> list[str]:
+    cells = [format_value(row[c]) for c in base]
     cells += [format_value(row["recipe"].get(k)) for k in varying]
     pct = lambda v: "" if v is None else f"{100 * v:.2f}%"  # noqa: E731
     cells += [
@@ -227,10 +235,11 @@ def _cells(row: dict, varying: Sequence[str]) -> list[str]:
 
 def markdown_table(rows: Sequence[dict], varying: Sequence[str]) -> str:
     """The rows as a Markdown table: run columns, then the ``varying`` hyperparameters, then the metrics."""
-    header = [HEADERS[c] for c in BASE_COLUMNS] + list(varying) + [HEADERS[c] for c in METRIC_COLUMNS]
+    base = _base_columns(rows)
+    header = [HEADERS[c] for c in base] + list(varying) + [HEADERS[c] for c in METRIC_COLUMNS]
     escape = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(escape(c) for c in _cells(r, varying)) + " |" for r in rows]
+    lines += ["| " + " | ".join(escape(c) for c in _cells(r, varying, base)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -238,7 +247,7 @@ def csv_text(rows: Sequence[dict], varying: Sequence[str]) -> str:
     """Machine-readable: raw numbers (accuracy as a fraction), one column per varying recipe key."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    fields = ["name", "status", "trial", "model", "freeze", *varying, "params", "trainable_params"]
+    fields = ["name", "status", "trial", *_base_columns(rows)[2:], *varying, "params", "trainable_params"]
     fields += ["best_val_acc", "test_acc", "epochs", "best_epoch", "train_time_s", "path"]
     writer.writerow(fields)
     for r in rows:

@@ -10,6 +10,8 @@ Layout of ``<run>/`` (every other module asks this one for a path or a file's co
     metrics.json                written last: the validation and test results of the kept model
     eval/, eval_<split>/        ``inat-zoo evaluate`` (metrics.json, three figures, per_class.csv)
     explain/, explain_images/   ``inat-zoo explain`` pictures (of test images / of the user's own --image files)
+    tracking/                   the trackers' local stores (track.backend): tensorboard/ (event files),
+                                mlflow/ (mlflow.db, artifacts/), trackio/ (its TRACKIO_DIR); W&B writes wandb/
     .train.lock                 held by the training writing into the folder
 
 Readers are strict: a malformed file is one :class:`~inat_zoo.errors.UsageError` naming it. Writers are atomic
@@ -48,6 +50,10 @@ EXPLAIN_FOLDER = "explain"
 # published by `push` (which shows explain/, made from test images)
 EXPLAIN_IMAGES_FOLDER = "explain_images"
 EXPLAIN_FILES = ("filters.png", "guided_backprop.png", "gradcam.png", "integrated_gradients.png")
+TRACKING_FOLDER = "tracking"
+TRACKER_FOLDERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "trackio": "trackio"}
+MLFLOW_DB = "mlflow.db"  # MLflow's SQLite tracking store, inside the mlflow folder (never the current directory)
+MLFLOW_ARTIFACTS = "artifacts"  # the MLflow experiment's artifact location, next to its database
 _CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
 # recipe keys that may change between a run and its resumption (they do not change what is computed)
 _RESUMABLE_CHANGES = ("resume", "data.num_workers", "track.", "train.eval_batch_size", "train.keep_checkpoints")
@@ -57,6 +63,11 @@ _RESUMABLE_CHANGES = ("resume", "data.num_workers", "track.", "train.eval_batch_
 def eval_folder(split: str = "test") -> str:
     """The folder name of ``inat-zoo evaluate`` results: ``eval`` for the test split, ``eval_<split>`` otherwise."""
     return EVAL_FOLDER if split == "test" else f"{EVAL_FOLDER}_{split}"
+
+
+def tracking_dir(run_dir: str | os.PathLike, backend: str) -> Path:
+    """``<run>/tracking/<backend>``: where a tracker (tensorboard, mlflow, trackio) keeps its local store."""
+    return Path(run_dir) / TRACKING_FOLDER / TRACKER_FOLDERS[backend]
 
 
 def checkpoint_path(run_dir: str | os.PathLike, update: int, *, partial: bool = False) -> Path:

@@ -27,12 +27,22 @@ def _timm_model(recipe: Recipe, num_classes: int | None, args: dict, *, meta: bo
 
     m = recipe.model
     classes = {} if num_classes is None else {"num_classes": num_classes}
+    timm_weights = m.pretrained is True and not meta  # a PATH is loaded below, with the head decided by its shape
     try:
         # on the meta device: parameters without storage and no weights loaded, for checks that cost nothing
         with torch.device("meta") if meta else contextlib.nullcontext():
-            return timm.create_model(m.name, pretrained=m.pretrained and not meta, **classes, **args)
+            model = timm.create_model(m.name, pretrained=timm_weights, **classes, **args)
     except (TypeError, ValueError) as e:  # an unknown or bad keyword argument of the model's constructor
         raise UsageError(f"model.args for {m.name!r} are not accepted: {e}") from None
+    if isinstance(m.pretrained, str) and not meta:
+        from accelerate import PartialState
+
+        from .weights import load_weights
+
+        kept = load_weights(model, m.pretrained)
+        head = "kept" if kept else "replaced (another class count)"
+        PartialState().print(f"weights from {m.pretrained}: classifier head {head}")
+    return model
 
 
 def _model_args(recipe: Recipe, num_classes: int | None) -> dict:
@@ -186,17 +196,6 @@ def current_lr(optimizer) -> float:
     return max(g["lr"] for g in optimizer.param_groups)
 
 
-def init_tracking(accelerator, recipe: Recipe) -> None:
-    """Start the W&B tracker (``track``), the flat recipe as its config, when ``track.wandb`` asks."""
-    track = recipe.track
-    if track.wandb:
-        init = {"mode": track.mode, "dir": str(recipe.output_dir)}
-        if track.run_name:
-            init["name"] = track.run_name
-        config = flat_config(recipe.model_dump())
-        accelerator.init_trackers(track.project, config=config, init_kwargs={"wandb": init})
-
-
 def flat_config(recipe: dict, prefix: str = "") -> dict:
     """The recipe (as dumped: :meth:`Recipe.model_dump`) as one level of dotted keys (the tracker's config);
     non-scalar leaves as JSON strings."""
@@ -230,6 +229,7 @@ class RunParts:
     scheduler: object
     ema: object
     criterion: object
+    distill: object
     label_names: list[str]
     data_config: dict
     params_total: int
@@ -239,20 +239,26 @@ class RunParts:
 
 
 def create_accelerator(recipe: Recipe):
-    """The run's ``Accelerator`` (mixed precision, accumulation, W&B tracking, seedable sampler), the global seed set.
+    """The run's ``Accelerator`` (mixed precision, accumulation, the trackers of :mod:`.tracking`, seedable sampler),
+    the global seed set.
 
     A process may train several recipes (sweeps, tests): the previous run's accelerate settings are forgotten first
     (:func:`inat_zoo.trainer.accelerate_compat.reset_accelerator_state`)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
+    from .tracking import accelerator_options
+
     reset_accelerator_state()
+    trackers = accelerator_options(recipe)
     accelerator = Accelerator(
         mixed_precision=recipe.train.mixed_precision,
         gradient_accumulation_steps=recipe.train.grad_accum_steps,
-        log_with="wandb" if recipe.track.wandb else None,
+        log_with=trackers["log_with"],
         project_config=ProjectConfiguration(
-            project_dir=str(Path(recipe.output_dir)), automatic_checkpoint_naming=False
+            project_dir=str(Path(recipe.output_dir)),
+            logging_dir=trackers["logging_dir"],
+            automatic_checkpoint_naming=False,
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
@@ -267,13 +273,14 @@ def build_run(recipe: Recipe) -> RunParts:
     The steps run in this order on purpose (see the module docstring). The criterion and the mixup are
     :func:`inat_zoo.trainer.losses.create_criterion` / :func:`~inat_zoo.trainer.losses.create_mixup` (cross-entropy
     with ``train.label_smoothing``, as in Szegedy et al. 2016, "Rethinking the Inception Architecture", and
-    ``train.class_weights``; soft targets with ``train.mixup``). Raises :class:`UsageError` for a head feature cache
-    that is asked and not possible, a ``train.class_weights`` list of the wrong length, or mixup over a train split
-    smaller than one batch.
+    ``train.class_weights``; soft targets with ``train.mixup``); ``distill`` is the loss hook of ``train.distill``
+    (:mod:`.distill`, identity when off). Raises :class:`UsageError` for a head feature cache that is asked and not
+    possible, a ``train.class_weights`` list of the wrong length, or mixup over a train split smaller than one batch.
     """
     import torch
 
     from . import loaders, losses
+    from .distill import create_distillation
 
     accelerator = create_accelerator(recipe)
     splits = loaders.load_splits(recipe, accelerator)
@@ -296,6 +303,7 @@ def build_run(recipe: Recipe) -> RunParts:
         weight = weight.to(accelerator.device)
     criterion = losses.create_criterion(recipe, weight, soft_targets=recipe.train.mixup is not None)
     mixup = losses.create_mixup(recipe, len(label_names), accelerator.process_index)
+    distill = create_distillation(recipe, config, accelerator)
     ema = create_ema(core, recipe, accelerator)
     model = core
     if cached:
@@ -309,6 +317,6 @@ def build_run(recipe: Recipe) -> RunParts:
     updates_per_epoch = math.ceil(len(train_loader) / recipe.train.grad_accum_steps)
     scheduler = create_scheduler(optimizer.optimizer, recipe, updates_per_epoch)
     return RunParts(
-        accelerator, core, model, optimizer, train_loader, val_loader, scheduler, ema, criterion, label_names,
+        accelerator, core, model, optimizer, train_loader, val_loader, scheduler, ema, criterion, distill, label_names,
         config, params_total, updates_per_epoch, cached, mixup,
     )  # fmt: skip

@@ -117,10 +117,10 @@ def image_loaders(splits, recipe: Recipe, data_config: dict):
 
 def feature_cache_wanted(model, recipe: Recipe, accelerator) -> bool:
     """``train.head_feature_cache``; ``auto``: for freeze=head when the model allows the cut, nothing needs the full
-    model in the loop, the recipe asks for no augmentation of its own (``data.augment``) nor mixing of images
-    (``train.mixup``), and the batches come from the image loader's sampler (``data.sampler: balanced``). Class
-    weights keep the cache: they weigh the loss, which is the same over features. Raises :class:`UsageError` when
-    ``true`` is asked and not possible."""
+    model in the loop (EMA, unfreezing, distillation), the recipe asks for no augmentation of its own
+    (``data.augment``) nor mixing of images (``train.mixup``), and the batches come from the image loader's sampler
+    (``data.sampler: balanced``). Class weights keep the cache: they weigh the loss, which is the same over
+    features. Raises :class:`UsageError` when ``true`` is asked and not possible."""
     from ..feature_cache import why_no_feature_cache
 
     setting = recipe.train.head_feature_cache
@@ -131,6 +131,8 @@ def feature_cache_wanted(model, recipe: Recipe, accelerator) -> bool:
     reason = why_no_feature_cache(model)
     if reason is None and recipe.train.ema is not False:
         reason = "train.ema averages the whole model"
+    if reason is None and recipe.train.distill is not None:
+        reason = "train.distill feeds the teacher the training images"
     if reason is None and recipe.model.unfreeze:
         reason = "model.unfreeze changes the frozen part"
     if reason is None and recipe.data.augment:

@@ -10,9 +10,10 @@ from pathlib import Path
 from ..recipe_schema import Recipe
 from ..rundir import exported_epoch, read_checkpoint_state, write_history, write_metrics
 from .accelerate_compat import rewrap_ddp
-from .build import add_param_groups, build_run, create_scheduler, current_lr, init_tracking
+from .build import add_param_groups, build_run, create_scheduler, current_lr, flat_config
 from .checkpoint import TrainerState, export_best, save_checkpoint
 from .early_stopping import StopRule
+from .tracking import backends, log_curves, start_trackers
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -29,12 +30,12 @@ class Trainer:
         self.accelerator, self.core, self.model = parts.accelerator, parts.core, parts.model
         self.optimizer, self.scheduler, self.ema = parts.optimizer, parts.scheduler, parts.ema
         self.train_loader, self.val_loader = parts.train_loader, parts.val_loader
-        self.criterion, self.mixup = parts.criterion, parts.mixup
+        self.criterion, self.mixup, self.distill = parts.criterion, parts.mixup, parts.distill
         self.stop_rule = StopRule.from_recipe(recipe.train.early_stopping)
         self.label_names, self.data_config = parts.label_names, parts.data_config
         self.params_total, self.updates_per_epoch = parts.params_total, parts.updates_per_epoch
         self.state = TrainerState()
-        self.log_every = 10 if recipe.track.wandb else 0  # per-step metrics for the tracker, every N updates
+        self.log_every = 10 if backends(recipe) else 0  # per-step metrics for the tracker, every N updates
         self.trainable_params = sum(p.numel() for p in self.core.parameters() if p.requires_grad)
 
     @property
@@ -158,6 +159,7 @@ class Trainer:
             images, targets = self.mixup(images, labels, epoch, step)
             logits = self.model(images)
             loss = self.criterion(logits, targets)
+            loss = self.distill(loss, logits, images)
             accelerator.backward(loss)
             if clip is not None and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(self.model.parameters(), clip)
@@ -187,7 +189,7 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train the remaining epochs (resuming first when asked), then :meth:`finish`: metrics.json's content."""
-        init_tracking(self.accelerator, self.recipe)
+        start_trackers(self.accelerator, self.recipe, flat_config(self.recipe.model_dump()))
         if self.resume_from is not None:
             self._resume()
         state = self.state
@@ -202,7 +204,9 @@ class Trainer:
             state.images_seen += int(train_metrics["count"] - images_before)
             validation = self.evaluate(self.val_loader, "validation")
             self._end_epoch(epoch, train_metrics, validation, time.perf_counter() - started)
-        return self.finish()
+        metrics = self.finish()
+        log_curves(self.accelerator, state.history, state.best_epoch, state.global_update)
+        return metrics
 
     def _end_epoch(self, epoch: int, train_metrics: dict, validation: dict, elapsed: float) -> None:
         """Record the epoch, judge it (best epoch, early stopping: :meth:`TrainerState.judge_epoch`), checkpoint it,

@@ -46,7 +46,10 @@ def preflight(recipe: Mapping[str, Any] | Recipe) -> None:
     - the input size against the model: a square training crop (``data.image_size``, else ``model.args.img_size``,
       else the model's default) that the model, its head included, can take;
     - ``train.mixup`` against the batch (timm's Mixup mixes each image with its mirror in the batch: an even
-      ``train.batch_size``, the per-process batch) and a ``train.class_weights`` list against the class count.
+      ``train.batch_size``, the per-process batch) and a ``train.class_weights`` list against the class count;
+    - ``model.pretrained: PATH``: the weights exist, can be read and fit the model (:mod:`.weights`);
+    - ``train.distill``: the teacher exists and has the data's class count (:func:`.distill.check_teacher`);
+    - ``track.backend``: every tracker's package is installed (:func:`.tracking.check_trackers`).
 
     Raises :class:`UsageError` for each of them.
     """
@@ -68,6 +71,17 @@ def preflight(recipe: Mapping[str, Any] | Recipe) -> None:
     model = create_model(recipe, num_classes, meta=True)
     check_schedule(model, section.freeze, [(step.epoch, step.stage) for step in section.unfreeze])
     _check_input_size(model, recipe)
+    if isinstance(section.pretrained, str):
+        from .weights import check_weights
+
+        check_weights(model, section.pretrained)
+    if recipe.train.distill is not None:
+        from .distill import check_teacher
+
+        check_teacher(recipe.train.distill.teacher, num_classes)
+    from .tracking import check_trackers
+
+    check_trackers(recipe)
 
 
 def _check_square(img_size) -> None:
