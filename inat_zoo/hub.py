@@ -154,7 +154,8 @@ def build_hub_folder(
     silently. ``with_onnx`` adds ``model.onnx`` (checked with onnxruntime) and its card section; ``space_id`` links
     the model's Space from the card (and checks now that a Space can rebuild the architecture).
     """
-    from .model_card import build_model_card, plot_training_curves
+    from .model_card import build_model_card
+    from .plots import plot_training_curves
 
     repo_id, space_id = _check_options(repo_id, space_id, with_onnx)  # before anything is read or written
     run = read_run(run_dir)

@@ -484,34 +484,3 @@ def build_model_card(
         **_model_fields(run.config, run.metrics),
         **training,
     )
-
-
-def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, best_epoch: int | None = None) -> Path:
-    """Loss and accuracy per epoch (train and validation) from history.jsonl, as one PNG; the kept epoch marked."""
-    training_curves_figure(history, best_epoch).savefig(path, format="png")
-    return Path(path)
-
-
-def training_curves_figure(history: Sequence[dict[str, Any]], best_epoch: int | None = None):
-    """The matplotlib ``Figure`` (no pyplot) of :func:`plot_training_curves`, for the trackers' pictures too."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [record.get("epoch", i) for i, record in enumerate(history)]
-    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
-    for ax, metric, title in zip(fig.subplots(1, 2), ("loss", "accuracy"), ("Loss", "Accuracy"), strict=True):
-        for split in ("train", "val"):
-            values = [record.get(f"{split}_{metric}") for record in history]
-            points = [(e, v) for e, v in zip(epochs, values, strict=True) if isinstance(v, (int, float))]
-            if points:
-                label = "train" if split == "train" else "validation"
-                ax.plot(*zip(*points, strict=True), marker="o", label=label)
-        if best_epoch is not None:
-            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"kept (epoch {best_epoch})")
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if ax.has_data():
-            ax.legend()
-    return fig

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,3 +122,34 @@ def suptitle(fig: Figure, text: str, **kwargs) -> None:
     chars = max(12, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))  # ~0.6 em per character
     text = "\n".join(textwrap.fill(line, chars) for line in text.splitlines())
     fig.suptitle(text, y=1 - 0.05 / fig.get_figheight(), va="top", **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ training curves
+def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, best_epoch: int | None = None) -> Path:
+    """Loss and accuracy per epoch (train and validation) from history.jsonl, as one PNG; the kept epoch marked."""
+    training_curves_figure(history, best_epoch).savefig(path, format="png")
+    return Path(path)
+
+
+def training_curves_figure(history: Sequence[dict[str, Any]], best_epoch: int | None = None):
+    """The matplotlib ``Figure`` (no pyplot) of :func:`plot_training_curves`, for the trackers' pictures too."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [record.get("epoch", i) for i, record in enumerate(history)]
+    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
+    for ax, metric, title in zip(fig.subplots(1, 2), ("loss", "accuracy"), ("Loss", "Accuracy"), strict=True):
+        for split in ("train", "val"):
+            values = [record.get(f"{split}_{metric}") for record in history]
+            points = [(e, v) for e, v in zip(epochs, values, strict=True) if isinstance(v, (int, float))]
+            if points:
+                label = "train" if split == "train" else "validation"
+                ax.plot(*zip(*points, strict=True), marker="o", label=label)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"kept (epoch {best_epoch})")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend()
+    return fig

@@ -6,13 +6,13 @@ reads YAML files and overrides and hands the mapping to :func:`resolve_recipe`, 
 is not a number) except where YAML 1.1 forces leniency: ``1e-3`` without a dot reads as a string and a bare ``no``
 reads as false. A failure is one :class:`UsageError` worded by ``inat_zoo.recipe_errors``; ``model.freeze`` and
 ``model.unfreeze`` are parsed into :class:`FreezeStrategy` and :class:`UnfreezeStep` and dumped back as text and
-``{epoch, stage}`` mappings.
+``{epoch, stage}`` mappings. The building blocks (number and path types, the strict section base, the
+``data.augment`` section) are in :mod:`inat_zoo.recipe_types`.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -21,13 +21,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PlainSerializer,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -35,128 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from .errors import UsageError
 from .recipe_errors import recipe_value_error, translate, type_name, unknown_key
-
-
-# ------------------------------------------------------------------------------------------ reusable value types
-def _yaml_number(value: Any) -> Any:
-    """A finite number, as a float. YAML 1.1 reads ``1e-3`` (no dot) as a string: accept what is plainly a number."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise recipe_value_error(f" must be a number, got {value!r} ({type_name(value)})")
-    return float(value)
-
-
-def _path(value: Any) -> Any:
-    if value is None:
-        return None
-    if not isinstance(value, (str, os.PathLike)):
-        raise recipe_value_error(f" must be a path, got {value!r} ({type_name(value)})")
-    return os.fspath(value)
-
-
-def _mapping(value: Any) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise recipe_value_error(f" must be a mapping, got {value!r} ({type_name(value)})")
-    return dict(value)
-
-
-Number = Annotated[float, BeforeValidator(_yaml_number)]
-PathText = Annotated[str | None, BeforeValidator(_path)]
-FreeMapping = Annotated[dict[Any, Any], BeforeValidator(_mapping)]
-
-
-class _Section(BaseModel):
-    """A recipe section: unknown keys are refused, values are checked strictly, ``null`` means all defaults."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    null_means_defaults: ClassVar[bool] = True
-
-    @model_validator(mode="before")
-    @classmethod
-    def _a_mapping(cls, values: Any) -> Any:
-        if values is None and cls.null_means_defaults:
-            return {}
-        if not isinstance(values, Mapping):
-            raise PydanticCustomError("recipe_section", "not a mapping", {"got": repr(values)})
-        for key in values:
-            if not isinstance(key, str):  # YAML `1: x`: an unknown key, named as such (pydantic says "invalid_key")
-                raise PydanticCustomError("recipe_unknown_key", "unknown key", {"key": str(key)})
-        return values
-
-
-# ------------------------------------------------------------------------------------------------- data.augment
-def _probability(value: Any, info: ValidationInfo) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise UsageError(f"data.augment.{info.field_name} must be a probability between 0 and 1, got {value!r}")
-    return float(value)
-
-
-def _crop_range(upper: float | None):
-    def check(value: Any, info: ValidationInfo) -> tuple[float, float]:
-        ok = isinstance(value, (list, tuple)) and len(value) == 2
-        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        ok = ok and 0 < value[0] <= value[1] and (upper is None or value[1] <= upper)
-        if not ok:
-            bound = f" <= {upper}" if upper is not None else ""
-            raise UsageError(
-                f"data.augment.{info.field_name} must be [min, max] with 0 < min <= max{bound}, got {value!r}"
-            )
-        return float(value[0]), float(value[1])
-
-    return check
-
-
-def _auto_augment(value: Any) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise UsageError(f"data.augment.auto_augment must be null or a policy string, got {value!r}")
-    return value
-
-
-def _color_jitter(value: Any) -> float | tuple[float, ...] | None:
-    if value is None:
-        return None
-    scalar = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-    sequence = isinstance(value, (list, tuple)) and len(value) in (3, 4)
-    sequence = sequence and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value)
-    if not (scalar or sequence):
-        raise UsageError(f"data.augment.color_jitter must be null, a number >= 0 or a list of 3-4, got {value!r}")
-    return float(value) if scalar else tuple(float(v) for v in value)
-
-
-Probability = Annotated[float, BeforeValidator(_probability)]
-
-
-class Augment(_Section):
-    """``data.augment``: the training transform's options, in timm ``create_transform``'s meaning.
-
-    ``scale`` and ``ratio`` are RandomResizedCrop's area and aspect ranges; ``color_jitter`` is a float (brightness,
-    contrast, saturation) or 3-4 floats, off by default because colour is a cue for many taxa; ``auto_augment`` is
-    ``None``, a timm policy (``rand-m9-mstd0.5-inc1``, ``augmix-m5``, ``original``) or ``trivialaugment``
-    (torchvision's TrivialAugmentWide).
-    Wrong values raise :class:`UsageError` naming ``data.augment.<key>``.
-    """
-
-    hflip: Probability = 0.5
-    vflip: Probability = 0.0
-    scale: Annotated[tuple[float, float], BeforeValidator(_crop_range(1.0))] = (0.08, 1.0)
-    ratio: Annotated[tuple[float, float], BeforeValidator(_crop_range(None))] = (3 / 4, 4 / 3)
-    auto_augment: Annotated[str | None, BeforeValidator(_auto_augment)] = None
-    color_jitter: Annotated[float | tuple[float, ...] | None, BeforeValidator(_color_jitter)] = None
-    re_prob: Probability = 0.0
-
-    @model_validator(mode="after")
-    def _one_colour_source(self) -> Augment:
-        if self.auto_augment is not None and self.color_jitter is not None:
-            raise UsageError(
-                "data.augment: color_jitter is ignored when auto_augment is set (timm drops it); set only one of them"
-            )
-        return self
+from .recipe_types import Augment, FreeMapping, Number, PathText, _Section, _yaml_number
 
 
 def augment_options(augment: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ Every tracker gets the same scalars through ``accelerator.log`` (accelerate's ``
   imported, so it is set only around that import and put back afterwards (:func:`_import_trackio`);
 - W&B: ``<run>/wandb`` (``init(dir=<run>)``), as before.
 
-At the end of the run the training-curves figure (:func:`inat_zoo.model_card.training_curves_figure`) goes to every
+At the end of the run the training-curves figure (:func:`inat_zoo.plots.training_curves_figure`) goes to every
 backend that takes pictures: TensorBoard and W&B through accelerate's ``log_images``, MLflow through
 ``mlflow.log_figure`` (accelerate's MLflow tracker), trackio as a ``trackio.Image``.
 """
@@ -125,7 +125,7 @@ def log_curves(accelerator, history: list[dict], best_epoch: int | None, step: i
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from ..model_card import training_curves_figure
+    from ..plots import training_curves_figure
 
     figure = training_curves_figure(history, best_epoch)
     canvas = FigureCanvasAgg(figure)
