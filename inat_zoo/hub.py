@@ -125,16 +125,30 @@ def check_repo_id(repo_id: str) -> str:
     return parse_hub_id(repo_id, "--repo-id")
 
 
+def _published_name(path: str) -> str:
+    """A local path as published: its last component (``local-dir:`` kept); an ``hf-hub:`` id unchanged."""
+    if path.startswith("hf-hub:"):
+        return path
+    prefix = "local-dir:" if path.startswith("local-dir:") else ""
+    return prefix + Path(path.removeprefix(prefix)).name
+
+
 def shareable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The recipe as published: local folders cut to their names (``data.root``, ``output_dir``), so a public repo
-    never shows the author's paths; a Hub dataset id stays. The result still loads with ``load_recipe``."""
+    """The recipe as published: every local path cut to its name (``data.root``, ``output_dir``, a
+    ``model.pretrained`` weights file, a local ``train.distill.teacher``), so a public repo never shows the author's
+    folders; Hub ids stay. The result still loads with ``load_recipe``."""
     out = copy.deepcopy(recipe)
-    data = out.get("data")
+    data, model, train = (out.get(section) for section in ("data", "model", "train"))
     if isinstance(data, dict) and data.get("root"):
         hub_id = hub_dataset_id(data["root"])
         data["root"] = hub_id if hub_id is not None else Path(str(data["root"])).name
     if out.get("output_dir"):
         out["output_dir"] = str(Path("runs") / Path(str(out["output_dir"])).name)
+    if isinstance(model, dict) and isinstance(model.get("pretrained"), str):
+        model["pretrained"] = _published_name(model["pretrained"])
+    distill = train.get("distill") if isinstance(train, dict) else None
+    if isinstance(distill, dict) and isinstance(distill.get("teacher"), str):
+        distill["teacher"] = _published_name(distill["teacher"])
     return out
 
 
