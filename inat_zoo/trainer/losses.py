@@ -70,6 +70,7 @@ class WeightedSoftTargetCrossEntropy(nn.Module):
         self.register_buffer("weight", weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The weighted loss of ``logits`` ``(B, C)`` against soft ``target`` ``(B, C)`` (rows sum to 1): a scalar."""
         weighted = target * self.weight  # (B, C)
         return (-weighted * F.log_softmax(logits.float(), dim=-1)).sum() / weighted.sum()
 
