@@ -152,7 +152,8 @@ def gradcam_overlay(loaded: LoadedModel, image_path: str | Path, target: int) ->
 
 
 def classify(loaded: LoadedModel, image_path: str | None) -> tuple[dict[str, float], np.ndarray]:
-    """``({label: probability} of the top 5, Grad-CAM overlay)`` for one image file, through ``predict``.
+    """``({label: probability} of the top 5, Grad-CAM overlay)`` for one image file, through ``predict``; the
+    overlay is an ``(H, W, 3)`` array at the model's input size.
 
     Raises UsageError when no image is given or it cannot be read (the app shows the message).
     """

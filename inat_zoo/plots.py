@@ -106,7 +106,7 @@ def show_image(ax: Axes, image: np.ndarray, title: str | None = None, color: str
 
 
 def minmax(a: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1] for display (a constant array becomes zeros)."""
+    """Scale to [0, 1] for display, as float32 of the same shape (a constant array becomes zeros)."""
     a = np.asarray(a, dtype=np.float32)
     lo, hi = float(a.min()), float(a.max())
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)

@@ -231,7 +231,8 @@ class BatchedTransform:
         return [self.tail([c], None if seeds is None else [seeds[i]])[0] for i, c in enumerate(crops)]
 
     def from_values(self, values: Sequence[Any]) -> list[torch.Tensor]:
-        """The whole transform from undecoded ``datasets`` image values, the crop fused with decoding."""
+        """The whole transform from undecoded ``datasets`` image values, the crop fused with decoding: one normalised
+        float32 (3, H, W) tensor per value."""
         return self.finish(self.crops_uint8(values))
 
     def __call__(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
