@@ -15,7 +15,6 @@ from inat_zoo.cli import main
 from inat_zoo.config import dump_recipe
 from inat_zoo.errors import UsageError
 from inat_zoo.sweep import (
-    JOURNAL,
     epoch_reporter,
     fail_dead_trials,
     flatten_parameters,

@@ -302,11 +302,11 @@ def plan_optuna(
         UsageError: a sweep the optuna backend cannot run, a recipe a swept value breaks, a bad ``--trials``, a bad
             storage URL or a missing database driver.
     """
+    spec = parse_storage(storage, out)  # first: it is quick, and the checks below take seconds
     space = _offline_space(sweep, overrides)
     base = load_recipe(sweep.recipe, overrides)
     check_space(sweep, space, overrides)
     budget = _trials_to_reach(sweep, space, trials)
-    spec = parse_storage(storage, out)
     return OptunaPlan(sweep, list(overrides), space, base, budget, spec, Path(out))
 
 
