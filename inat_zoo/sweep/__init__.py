@@ -26,11 +26,12 @@ The names below are re-exported so ``from inat_zoo.sweep import load_sweep`` nee
 
 from __future__ import annotations
 
-from .budget import Slots, claim_holds, count_slots
+from .budget import WITHDRAWN, Slots, claim_holds, count_slots
 from .liveness import fail_dead_trials
 from .optuna_backend import (
     DEFAULT_TRIALS,
     SWEEP_RECORD,
+    decode_params,
     epoch_reporter,
     make_pruner,
     make_sampler,
@@ -41,6 +42,7 @@ from .optuna_backend import (
     suggest,
     suggest_all,
 )
+from .results import find_sweeps, latest_trials, trial_summary
 from .spec import (
     METHODS,
     METRICS,
@@ -73,15 +75,19 @@ __all__ = [
     "Slots",
     "StorageSpec",
     "WANDB_ONLY_DISTRIBUTIONS",
+    "WITHDRAWN",
     "Sweep",
     "announce_pinned",
     "check_parameters_disjoint",
     "claim_holds",
     "count_slots",
     "check_space",
+    "decode_params",
     "epoch_reporter",
     "fail_dead_trials",
+    "find_sweeps",
     "flatten_parameters",
+    "latest_trials",
     "load_sweep",
     "make_pruner",
     "make_sampler",
@@ -98,5 +104,6 @@ __all__ = [
     "suggest",
     "suggest_all",
     "to_wandb_config",
+    "trial_summary",
     "trial_recipe",
 ]

@@ -100,6 +100,21 @@ def suggest_all(trial: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str,
     return {key: suggest(trial, key, spec) for key, spec in space.items()}
 
 
+def decode_params(params: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A trial's stored parameters as the recipe values they set (mappings and lists come back from their JSON).
+
+    Args:
+        params: ``FrozenTrial.params`` as the storage holds them.
+        space: the sweep's search space (``parameters`` of its record), ``{dotted key: W&B spec}``.
+    """
+    decoded = {}
+    for key, value in params.items():
+        spec = space.get(key) or {}
+        choices = {_encode(v): v for v in spec.get("values", [])} if spec.get("distribution") == "categorical" else {}
+        decoded[key] = copy.deepcopy(choices.get(value, value))
+    return decoded
+
+
 # --------------------------------------------------------------------------------------------------- optuna
 def _record_sweep(
     out: Path, sweep: Sweep, space: Mapping[str, Any], overrides: Sequence[str], storage: StorageSpec
@@ -372,9 +387,11 @@ class TrialRunner:
             raise
         finally:
             release_memory()
-        for key in ("params", "trainable_params", "best_epoch", "epochs", "train_time_s"):
+        # what `inat-zoo report` shows of a trial whose run folder is on another machine
+        for key in ("model", "freeze", "params", "trainable_params", "best_epoch", "epochs", "train_time_s"):
             if key in metrics:
                 trial.set_user_attr(key, metrics[key])
+        trial.set_user_attr("val_accuracy", metrics["validation"]["accuracy"])
         trial.set_user_attr("test_accuracy", metrics["test"]["accuracy"])
         # from history.jsonl, not the callback: a resumed trial reports only the epochs after its checkpoint
         return _best_value([r[sweep.metric] for r in read_history(run_dir)], sweep.goal)
