@@ -169,44 +169,59 @@ def test_two_workers_on_one_journal_share_the_budget(tmp_path, sample_root):
     assert all("3 finished trials" in o or "already has 3 finished trials" in o for o in outputs)
 
 
-def test_one_command_starts_workers_on_sqlite(tmp_path, sample_root):
-    """`--workers 2`: the launcher starts two worker processes (each on its share of the cores) and follows the
-    study in the database; `--storage sqlite:///...` is the one-machine database."""
+def test_one_command_starts_workers_on_sqlite(tmp_path, sample_root, capsys):
+    """`--workers 2` (the launcher runs here, its two workers are real processes, each on its share of the cores)
+    follows the study in the database; `--storage sqlite:///...` is the one-machine database."""
     out = tmp_path / "sweep"
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    launcher = start_worker(out, sample_root, "--trials", "3", "--storage", storage, "--workers", "2")
-    output = finish(launcher)
-    assert "sweep: 2 workers on sqlite:///" in output and "sweep: 3 finished trials" in output
+    args = ["sweep", SWEEP_FILE, "--out", str(out), "--trials", "3", "--storage", storage, "--workers", "2"]
+    assert main([*args, f"data.root={sample_root}", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "sweep: 2 workers on sqlite:///" in printed and "sweep: 3 finished trials" in printed
     finished = assert_budget_kept(out, 3, storage)
-    assert sorted((out / ".workers").glob("worker_*.log")) == [out / ".workers" / f"worker_{i}.log" for i in (0, 1)]
+    logs = sorted(p.name for p in (out / ".workers").glob("worker_*.log"))
+    assert logs == ["worker_0.log", "worker_1.log"]
     assert {t.user_attrs["worker"].rsplit("-", 2)[0] for t in finished} == {socket.gethostname()}
     # the report reads the study from the database: every trial, whichever worker ran it
     assert main(["report", str(out), "--storage", storage]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| trial_")]
+    assert sorted(line.split(" | ")[0][2:] for line in table) == sorted(t.user_attrs["run_dir"] for t in finished)
+
+
+def trials_of(worker: subprocess.Popen, out: Path, storage: str) -> list:
+    """The RUNNING trials ``worker`` holds (each trial records its worker: host-pid-token); none before the study."""
+    try:
+        trials = open_study(out, STUDY, storage).get_trials(deepcopy=False, states=(State.RUNNING,))
+    except UsageError:  # the workers have not created the study yet
+        return []
+    return [t for t in trials if f"-{worker.pid}-" in t.user_attrs.get("worker", "")]
 
 
 def test_a_worker_killed_mid_trial_leaves_its_trial_to_be_retried(tmp_path, sample_root):
-    """SIGKILL in the middle of a trial (SQLite: Optuna's heartbeat, 1 s here, so stale after 2 s); the next
-    worker fails the dead trial, resumes it in its own folder, and the study ends with exactly 2 finished runs."""
+    """Two workers; one is SIGKILLed in the middle of a trial (SQLite: Optuna's heartbeat, every second here, so
+    its trial is stale after 2 s). The other fails that trial, runs it again in its folder from its checkpoint, and
+    the study ends with exactly 2 finished runs; the dead trial never counts."""
     out = tmp_path / "sweep"
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     options = ("--trials", "2", "--storage", storage, "train.epochs=3")
-    first = start_worker(out, sample_root, *options, env={HEARTBEAT_ENV: "1"})
-    deadline = time.monotonic() + 120
-    while not (out / "trial_0" / "history.jsonl").is_file():  # its first epoch is done: it is mid-trial
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
+    doomed, survivor = (start_worker(out, sample_root, *options, env={HEARTBEAT_ENV: "1"}) for _ in range(2))
+    deadline = time.monotonic() + 180
+    while True:  # until the doomed worker has finished an epoch of its trial: it is mid-trial
+        assert doomed.poll() is None and time.monotonic() < deadline, doomed.communicate()[0][-3000:]
+        held = trials_of(doomed, out, storage)
+        if held and (out / held[0].user_attrs.get("run_dir", "-") / "history.jsonl").is_file():
+            break
         time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
-    first.communicate()
-    killed = open_study(out, STUDY, storage).trials[0]
-    assert killed.state == State.RUNNING  # nobody had a chance to record anything
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate()
+    killed = held[0]
 
-    output = finish(start_worker(out, sample_root, *options, env={HEARTBEAT_ENV: "1"}))
-    assert "2 finished trials" in output
+    assert "2 finished trials" in finish(survivor)
     trials = open_study(out, STUDY, storage).trials
-    assert trials[0].state == State.FAIL  # never counted as finished
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert trials[killed.number].state == State.FAIL  # never counted as finished
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retries) == 1 and retries[0].state == State.COMPLETE  # run again once, to completion
-    assert retries[0].user_attrs["run_dir"] == "trial_0" and retries[0].params == killed.params
+    assert retries[0].user_attrs["run_dir"] == killed.user_attrs["run_dir"] and retries[0].params == killed.params
     assert_budget_kept(out, 2, storage)
 
 
@@ -250,12 +265,12 @@ def postgres_url():
 def test_two_workers_on_a_postgresql_server_share_the_budget(tmp_path, sample_root, postgres_url):
     """Two machines in miniature: each worker has its own sweep folder, the study lives in PostgreSQL."""
     outs = [tmp_path / "machine_a", tmp_path / "machine_b"]
-    workers = [start_worker(out, sample_root, "--trials", "3", "--storage", postgres_url) for out in outs]
+    workers = [start_worker(out, sample_root, "--trials", "2", "--storage", postgres_url) for out in outs]
     for worker in workers:
         finish(worker)
     study = open_study(outs[0], STUDY, postgres_url)
     finished = [t for t in study.trials if t.state in (State.COMPLETE, State.PRUNED)]
-    assert len(finished) == 3 and not any(t.state == State.RUNNING for t in study.trials)
+    assert len(finished) == 2 and not any(t.state == State.RUNNING for t in study.trials)
     on_disk = [f for out in outs for f in run_folders(out)]
-    assert sorted(on_disk) == sorted(t.user_attrs["run_dir"] for t in finished)  # distinct, none beyond 3
+    assert sorted(on_disk) == sorted(t.user_attrs["run_dir"] for t in finished)  # distinct, none beyond 2
     assert parse_storage(postgres_url, outs[0]).url.startswith("postgresql+psycopg://")
