@@ -21,8 +21,9 @@ import pytest
 
 from inat_zoo.cli import main
 from inat_zoo.errors import UsageError
-from inat_zoo.sweep import claim_holds, count_slots, open_study, parse_storage
+from inat_zoo.sweep import Slots, claim_holds, count_slots, load_sweep, open_study, parse_storage, plan_optuna
 from inat_zoo.sweep.budget import WITHDRAWN, withdraw
+from inat_zoo.sweep.optuna_backend import ClaimWithdrawn, TrialRunner, open_sweep_study
 from inat_zoo.sweep.storage import HEARTBEAT_ENV
 
 from .test_sweep import SWEEPS, TINY
@@ -60,6 +61,21 @@ def test_a_withdrawn_retry_goes_back_to_the_queue(tmp_path):
     study.tell(popped, state=State.FAIL)
     again = study.ask(DIST)
     assert again.params == {"x": 42} and again.user_attrs["run_dir"] == "trial_7"
+
+
+def test_a_worker_that_loses_the_race_for_the_last_slot_does_not_train(tmp_path, sample_root):
+    """The race the budget rule exists for, made deterministic: this worker counted one free slot, then another
+    worker claimed it before this one's trial was created. This worker's own check sees 3 claims for 2 slots."""
+    plan = plan_optuna(load_sweep(SWEEP_FILE), [f"data.root={sample_root}", *TINY], 2, tmp_path / "sweep")
+    study = open_sweep_study(plan, "this-worker")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    study.ask()  # the rival's claim: RUNNING in the storage
+    runner = TrialRunner(plan, "this-worker")
+    study.optimize(runner, n_trials=1, catch=(ClaimWithdrawn,))
+    mine = study.trials[-1]
+    assert runner.withdrawn and mine.state == State.FAIL and mine.user_attrs[WITHDRAWN] is True
+    assert run_folders(plan.out) == []  # it never trained
+    assert count_slots(study) == Slots(finished=1, running=1)
 
 
 # -------------------------------------------------------------------------------------- one-line refusals
