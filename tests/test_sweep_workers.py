@@ -96,7 +96,7 @@ def one_error_line(capsys) -> str:
         (["--storage", "postgresql+psycopg2://me@db/sweeps"], "pip install 'inat-zoo[postgres]'"),
         (["--storage", "runs/study.db"], "is not a database URL; give sqlite:///PATH.db"),
         (["--storage", "oracle://me@db/sweeps"], "unsupported database 'oracle'"),
-        (["--storage", "postgresql:///sweeps"], "names no server"),
+        (["--storage", "postgresql://"], "names no database"),
         (["--storage", "sqlite:///:memory:"], "SQLite needs a file"),
         (["--workers", "0"], "--workers must be at least 1, got 0"),
         (["--workers", "2", "--devices", "0,1,2"], "--devices names 3 devices for --workers 2"),

@@ -69,6 +69,7 @@ def _worker_is_dead(out: Path, name: str) -> bool:
             fcntl.flock(lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        path.unlink(missing_ok=True)  # a dead worker's lease: nobody will hold it again
         fcntl.flock(lease, fcntl.LOCK_UN)
         return True
 

@@ -101,8 +101,8 @@ def parse_storage(url: str | None, out: str | os.PathLike) -> StorageSpec:
         return StorageSpec("sqlite", url, None, shown)
     if dialect not in _DRIVERS:
         raise UsageError(f"--storage {shown!r}: unsupported database {dialect!r}; use sqlite, postgresql or mysql")
-    if not rest or rest.startswith("/"):
-        raise UsageError(f"--storage {shown!r} names no server; as in {dialect}://USER:PASSWORD@HOST:PORT/DB")
+    if not rest.strip("/"):  # (postgresql:///DB is a database on the local Unix socket)
+        raise UsageError(f"--storage {shown!r} names no database; as in {dialect}://USER:PASSWORD@HOST:PORT/DB")
     driver = _require_driver(dialect, driver, shown)
     return StorageSpec(dialect, f"{dialect}+{driver}://{rest}", None, shown)
 
