@@ -118,7 +118,6 @@ def test_wandb_agents_train_what_the_sweeps_engine_proposes(server, sample_root,
     assert len(server.history["sweep0"]) == 3 and len({run_id for run_id, _ in server.proposed}) == 3
     keys = search_space(load_sweep(sweep_file), TINY)
     assert_proposals_reached_the_recipes(server, keys)
-    assert len({json.dumps(v, sort_keys=True) for _, v in server.proposed}) == 3  # the engine searched
 
 
 def test_the_resnet50_sweep_through_the_agent(server, sample_root):
