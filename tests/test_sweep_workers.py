@@ -278,8 +278,9 @@ def postgres_url():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_two_workers_on_a_postgresql_server_share_the_budget(tmp_path, sample_root, postgres_url):
-    """Two machines in miniature: each worker has its own sweep folder, the study lives in PostgreSQL."""
+def test_two_workers_on_a_postgresql_server_share_the_budget(tmp_path, sample_root, postgres_url, capsys):
+    """Two machines in miniature: each worker has its own sweep folder, the study lives in PostgreSQL; the report
+    on one machine lists every trial, those of the other machine from what the study recorded."""
     outs = [tmp_path / "machine_a", tmp_path / "machine_b"]
     workers = [start_worker(out, sample_root, "--trials", "2", "--storage", postgres_url) for out in outs]
     for worker in workers:
@@ -290,3 +291,10 @@ def test_two_workers_on_a_postgresql_server_share_the_budget(tmp_path, sample_ro
     on_disk = [f for out in outs for f in run_folders(out)]
     assert sorted(on_disk) == sorted(t.user_attrs["run_dir"] for t in finished)  # distinct, none beyond 2
     assert parse_storage(postgres_url, outs[0]).url.startswith("postgresql+psycopg://")
+    for where in ([str(outs[0])], []):  # a sweep folder and its database, or the database alone
+        assert main(["report", *where, "--storage", postgres_url, "--out", str(tmp_path / "report")]) == 0
+        table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| trial_")]
+        assert sorted(line.split(" | ")[0][2:] for line in table) == sorted(t.user_attrs["run_dir"] for t in finished)
+        for t in finished:  # the validation accuracy the study recorded, wherever the run folder is
+            row = next(line for line in table if line.startswith(f"| {t.user_attrs['run_dir']} |"))
+            assert f"{100 * t.user_attrs['val_accuracy']:.2f}%" in row

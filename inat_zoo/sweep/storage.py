@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ SQLITE_LOCK_TIMEOUT_S = 60
 # two intervals is failed and queued again. Tests set a short one through the environment.
 HEARTBEAT_ENV = "INAT_ZOO_SWEEP_HEARTBEAT_S"
 DEFAULT_HEARTBEAT_S = 60
+SCHEMA_RACE_ATTEMPTS = 4
 
 # dialect -> (the SQLAlchemy driver our extra installs, the extra); SQLAlchemy's own defaults (psycopg2, mysqlclient)
 # are not the ones our extras install, so a URL without a driver gets ours.
@@ -125,10 +128,7 @@ def open_storage(spec: StorageSpec) -> Any:
     Raises:
         UsageError: the database cannot be reached or refuses the connection (one line, password hidden).
     """
-    import warnings
-
-    import optuna
-    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     if spec.kind == "journal":
@@ -137,17 +137,40 @@ def open_storage(spec: StorageSpec) -> Any:
     if spec.kind == "sqlite":
         engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
     interval = heartbeat_interval_s()
-    try:
-        with warnings.catch_warnings():  # heartbeat and its retry callback are "experimental" since Optuna 2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                spec.url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=interval,
-                grace_period=2 * interval,
-                # no max_retry: a trial is retried until it finishes; each retry resumes its run folder
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
-            )
-    except Exception as e:  # SQLAlchemy's OperationalError and friends, with driver-specific wording
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"--storage {spec.shown}: cannot open the database: {_hide_password(first)}") from None
+    for attempt in range(SCHEMA_RACE_ATTEMPTS):
+        try:
+            return _rdb_storage(spec.url, engine_kwargs, interval)
+        except Exception as e:  # SQLAlchemy's errors, with driver-specific wording
+            error = e
+            if not _lost_schema_race(e):
+                break
+            time.sleep(0.5 * (attempt + 1))
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise UsageError(f"--storage {spec.shown}: cannot open the database: {_hide_password(first)}") from None
+
+
+def _lost_schema_race(error: Exception) -> bool:
+    """Workers started together on a fresh database race to create Optuna's tables, and the loser's CREATE fails on
+    a name the winner just took (PostgreSQL: a unique violation in its catalog; others: "already exists"). The
+    tables exist by then, so opening again succeeds."""
+    import sqlalchemy.exc
+
+    if isinstance(error, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)):
+        return True
+    return isinstance(error, sqlalchemy.exc.OperationalError) and "already exists" in str(error)
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any], interval: int) -> Any:
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():  # heartbeat and its retry callback are "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=interval,
+            grace_period=2 * interval,
+            # no max_retry: a trial is retried until it finishes; each retry resumes its run folder
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+        )
