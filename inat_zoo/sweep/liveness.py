@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .storage import StorageSpec, heartbeat_interval_s
+from .storage import StorageSpec
 
 WORKERS_DIR = ".workers"
 # A RUNNING trial that names no worker is judged dead after this long (journal storage only).
@@ -124,8 +124,3 @@ def fail_dead_trials(study: Any, spec: StorageSpec, out: Path) -> list[int]:
         for trial in study.get_trials(deepcopy=True, states=(running,))
         if _journal_trial_is_dead(out, trial, now) and _fail_and_retry(study, trial)
     ]
-
-
-def grace_period_s(spec: StorageSpec) -> int:
-    """How long a dead worker's trial may stay RUNNING before another worker fails it (seconds)."""
-    return 2 * heartbeat_interval_s() if spec.has_heartbeat else 0

@@ -49,6 +49,21 @@ def require_wandb_online() -> None:
         )
 
 
+def _check_owned_keys(sweep: Sweep, overrides: Sequence[str]) -> None:
+    """Refuse overrides and swept parameters of the keys this backend sets in every trial."""
+    check_overrides(overrides)
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if any(keys_overlap(key, owned) for owned in _WANDB_OWNED):
+            raise UsageError(
+                f"override {text!r}: the W&B backend sets {', '.join(_WANDB_OWNED)} in every trial "
+                "(it logs each one to W&B online; --project names the project)"
+            )
+    owned = [p for p in sweep.parameters if any(keys_overlap(p, k) for k in _WANDB_OWNED)]
+    if owned:
+        raise UsageError(f"parameter {owned[0]!r} cannot be swept: the W&B backend sets {', '.join(_WANDB_OWNED)}")
+
+
 def _parse_sweep_id(text: str) -> tuple[str, str, str]:
     """``ENTITY/PROJECT/ID`` (as W&B prints it) -> its three parts."""
     parts = text.split("/")
@@ -89,17 +104,7 @@ def run_wandb(
         UsageError: a bad override or sweep id, or W&B offline or without a login (before anything is written).
     """
     joined = _parse_sweep_id(sweep_id) if sweep_id is not None else None
-    check_overrides(overrides)
-    for text in overrides:
-        key = ".".join(parse_override(text)[0])
-        if any(keys_overlap(key, owned) for owned in _WANDB_OWNED):
-            raise UsageError(
-                f"override {text!r}: the W&B backend sets {', '.join(_WANDB_OWNED)} in every trial "
-                "(it logs each one to W&B online; --project names the project)"
-            )
-    owned = [p for p in sweep.parameters if any(keys_overlap(p, k) for k in _WANDB_OWNED)]
-    if owned:
-        raise UsageError(f"parameter {owned[0]!r} cannot be swept: the W&B backend sets {', '.join(_WANDB_OWNED)}")
+    _check_owned_keys(sweep, overrides)
     base = load_recipe(sweep.recipe, overrides)
     config = to_wandb_config(sweep, overrides)
     space = search_space(sweep, overrides)
