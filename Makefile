@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml setup.py inat_zoo/data/_libjpeg_region.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(CORE_EXTRAS)]"
+# W&B's open-source sweeps engine (tests/test_sweep_wandb_agent.py feeds its proposals to the agent path): sweeps 0.3.0
+# pins numpy==1.26.4, which we must not take, so it goes in without its pins, and its real dependencies after it.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps "sweeps==0.3.0"
+	$(PY) -m pip install -q --disable-pip-version-check jsonref jsonschema scipy scikit-learn
 	touch $(STAMP)
 
 $(XSTAMP): $(STAMP)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_directory
-from .config import read_yaml_mapping
 from .errors import UsageError
 from .rundir import (
     METRICS_FILE,
@@ -62,10 +61,13 @@ HEADERS = {
 
 
 # ------------------------------------------------------------------------------------------------- discovery
-def find_runs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
-    """(display name, run directory) for every run under ``paths``, in natural order (trial_2 before trial_10)."""
+def find_runs(paths: Sequence[str | os.PathLike], may_be_empty: Sequence[Path] = ()) -> list[tuple[str, Path]]:
+    """(display name, run directory) for every run under ``paths``, in natural order (trial_2 before trial_10).
+
+    ``may_be_empty``: sweep folders whose trials may all have run on other machines (their study says what ran).
+    """
     if not paths:
-        raise UsageError("name at least one run or sweep directory")
+        raise UsageError("name at least one run or sweep directory (or a study with --storage URL)")
     found: dict[Path, str] = {}
     for given in map(Path, paths):
         if not given.is_dir():
@@ -80,7 +82,7 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
             if any(part.startswith(".") for part in rel.parts) or not is_run_dir(run):
                 continue
             found.setdefault(run.resolve(), prefix + rel.as_posix())
-        if not any(p == given.resolve() or given.resolve() in p.parents for p in found):
+        if given not in may_be_empty and not any(p == given.resolve() or given.resolve() in p.parents for p in found):
             raise UsageError(f"no run directories ({RECIPE_FILE} + {METRICS_FILE}) under {str(given)!r}")
     return sorted(((name, path) for path, name in found.items()), key=lambda item: natural_key(item[0]))
 
@@ -90,28 +92,25 @@ def natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def _sweep_records(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, dict]]:
-    """(sweep folder, its sweep.yaml record) for every Optuna sweep folder among ``paths``."""
-    from .sweep import JOURNAL, SWEEP_RECORD
+def _study_rows(sweeps: Sequence[tuple], here: set[Path], several: bool) -> tuple[dict, Any, list[dict]]:
+    """Per sweep: its trials by run folder, its study, and a row for each trial whose run folder is not ``here``
+    (another machine ran it): what the study recorded of it."""
+    from .sweep import latest_trials, open_study, trial_summary
 
-    out = []
-    for given in map(Path, paths):
-        if (given / JOURNAL).is_file() and (given / SWEEP_RECORD).is_file():
-            out.append((given, read_yaml_mapping(given / SWEEP_RECORD, "sweep record", "a mapping")))
-    return out
-
-
-def _trial_states(sweep_dir: Path, record: Mapping[str, Any]) -> tuple[Any, dict[Path, Any]]:
-    """The study of a sweep folder and, per run directory, its latest trial (a retried trial shares its folder)."""
-    from .sweep import open_study
-
-    study = open_study(sweep_dir, record.get("name"))
-    latest: dict[Path, Any] = {}
-    for trial in study.get_trials(deepcopy=False):
-        run_dir = trial.user_attrs.get("run_dir")
-        if run_dir is not None:
-            latest[(sweep_dir / run_dir).resolve()] = trial
-    return study, latest
+    states: dict[Any, Any] = {}
+    study, remote = None, []
+    for sweep_dir, record, url in sweeps:
+        study = open_study(sweep_dir or Path("."), record.get("name"), url)
+        latest = latest_trials(study, sweep_dir)
+        states.update(latest)
+        recorded = study.user_attrs.get("sweep", {})  # what every worker of the study searched
+        space = record.setdefault("parameters", recorded.get("parameters", {}))
+        prefix = f"{sweep_dir.resolve().name}/" if sweep_dir is not None and several else ""
+        for key, trial in latest.items():
+            if key not in here:
+                row = {"name": prefix + trial.user_attrs["run_dir"], "path": None}
+                remote.append({**row, **trial_summary(trial, space, recorded.get("metric"))})
+    return states, study, remote
 
 
 # ------------------------------------------------------------------------------------------------------ rows
@@ -128,16 +127,19 @@ def _flatten(recipe: Mapping[str, Any], keep_whole: set[str], prefix: str = "") 
     return out
 
 
-def collect(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[str], Any]:
-    """Rows (one per run, sorted by best validation accuracy), the varying recipe keys, and the study if one."""
-    runs = find_runs(paths)
-    sweeps = _sweep_records(paths)
-    swept = [k for _, record in sweeps for k in (record.get("parameters") or {})]
-    states: dict[Path, Any] = {}
-    study = None
-    for sweep_dir, record in sweeps:
-        study, latest = _trial_states(sweep_dir, record)
-        states.update(latest)
+def collect(paths: Sequence[str | os.PathLike], storage: str | None = None) -> tuple[list[dict], list[str], Any]:
+    """Rows (one per run, sorted by best validation accuracy), the varying recipe keys, and the study if one.
+
+    A sweep's trials whose run folders are not here (other machines ran them) are rows from its study: the
+    parameters and results the study recorded. ``storage`` names the study's database (see ``inat-zoo sweep
+    --storage``); with no ``paths`` the report is of that study alone.
+    """
+    from .sweep import find_sweeps
+
+    sweeps = find_sweeps(paths, storage)
+    runs = find_runs(paths, may_be_empty=[d for d, _, url in sweeps if url is not None]) if paths else []
+    states, study, remote = _study_rows(sweeps, {path for _, path in runs}, several=len(paths) > 1)
+    swept = [k for _, record, _ in sweeps for k in (record.get("parameters") or {})]
     if len(sweeps) != 1:
         study = None  # importance is per study; several sweeps are compared by correlation
     rows = []
@@ -169,6 +171,7 @@ def collect(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[str], 
             "recipe": _flatten(recipe, set(swept)),
         }
         rows.append(row)
+    rows += remote
     varying = _varying_keys(rows, swept)
     rows.sort(key=lambda r: (r["best_val_acc"] is None, -(r["best_val_acc"] or 0.0), natural_key(r["name"])))
     return rows, varying, study
@@ -176,10 +179,13 @@ def collect(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[str], 
 
 def _varying_keys(rows: Sequence[dict], swept: Sequence[str]) -> list[str]:
     keys: list[str] = []
-    for key in [*swept, *sorted({k for r in rows for k in r["recipe"]})]:
+    local = [r for r in rows if r["path"] is not None]  # rows from a study know only the swept keys
+    for key in [*swept, *sorted({k for r in local for k in r["recipe"]})]:
         if key in keys:
             continue
-        values = {json.dumps(r["recipe"].get(key), sort_keys=True, default=str) for r in rows}
+        values = {
+            json.dumps(r["recipe"].get(key), sort_keys=True, default=str) for r in (rows if key in swept else local)
+        }
         if len(values) > 1:
             keys.append(key)
     return keys
@@ -421,11 +427,14 @@ def _check_out(out: Path) -> None:
         raise UsageError(f"--out {str(out)!r} exists and is not an earlier report; choose another folder")
 
 
-def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
-    """Build the table, CSV, importance and plots for ``paths`` into ``out`` (replaced atomically)."""
+def write_report(
+    paths: Sequence[str | os.PathLike], out: str | os.PathLike, storage: str | None = None
+) -> dict[str, Any]:
+    """Build the table, CSV, importance and plots for ``paths`` (and the study in ``storage``) into ``out``
+    (replaced atomically)."""
     out = Path(out)
     _check_out(out)
-    rows, varying, study = collect(paths)
+    rows, varying, study = collect(paths, storage)
     table = markdown_table(rows, varying)
     method, scores = importance(rows, varying, study)
     finished = sum(r["status"] == "complete" for r in rows)
@@ -436,7 +445,7 @@ def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
         lines = [
             "# Run comparison",
             "",
-            f"{len(rows)} runs from {', '.join(os.fspath(p) for p in paths)} ({finished} complete), "
+            f"{len(rows)} runs from {', '.join(os.fspath(p) for p in paths) or 'the study'} ({finished} complete), "
             "sorted by best validation accuracy. Validation is a split of train/; test is the held-out val/ folder.",
             "",
             table,
@@ -463,14 +472,17 @@ def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
 # --------------------------------------------------------------------------------------------------------- CLI
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``inat-zoo report`` to ``parser``."""
-    parser.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run directories or folders of runs")
+    parser.add_argument("paths", nargs="*", metavar="RUN_OR_SWEEP_DIR", help="run directories or folders of runs")
     parser.add_argument("--out", default=None, help="report folder (default: DIR/report for one DIR, else ./report)")
+    parser.add_argument(
+        "--storage", default=None, metavar="URL", help="the sweep's study database (as given to `inat-zoo sweep`)"
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``inat-zoo report``: write the report folder and print its table; returns 0."""
     out = Path(args.out) if args.out else (Path(args.paths[0]) / "report" if len(args.paths) == 1 else Path("report"))
-    result = write_report(args.paths, out)
+    result = write_report(args.paths, out, storage=args.storage)
     print(result["table"], end="")
     if result["importance"]:
         top = ", ".join(f"{k} {v:+.2f}" for k, v in list(result["importance"].items())[:5])

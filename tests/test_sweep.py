@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import re
@@ -16,15 +15,14 @@ from inat_zoo.cli import main
 from inat_zoo.config import dump_recipe
 from inat_zoo.errors import UsageError
 from inat_zoo.sweep import (
-    JOURNAL,
-    LOCK,
     epoch_reporter,
+    fail_dead_trials,
     flatten_parameters,
     load_sweep,
     make_pruner,
     open_study,
+    parse_storage,
     pinned_parameters,
-    retry_stopped_trials,
     search_space,
     suggest,
     suggest_all,
@@ -322,27 +320,30 @@ def test_hyperband_prunes_weak_trials_from_epoch_reports(tmp_path, base_recipe):
         epoch_reporter(study.ask(), "val_accuracy")(1, {"val_loss": 1.0})
 
 
-def test_stopped_trials_are_queued_again_once(tmp_path):
-    """Killed (RUNNING) and Ctrl-C'd (FAIL + interrupted) trials run again; trials that raised an error do not."""
+def test_trials_of_dead_workers_are_failed_and_queued_again_once(tmp_path):
+    """Journal storage: a RUNNING trial whose worker's lease is not locked (the process died) is failed and queued
+    again with its parameters and run folder; a live worker's trial and a trial that raised an error are not."""
+    from inat_zoo.sweep.liveness import worker_lease
+
     State = optuna.trial.TrialState
     study = open_study(tmp_path, "s", direction="maximize")
     dist = {"x": optuna.distributions.CategoricalDistribution([1, 2, 3])}
-
-    def add(x, state, **attrs):
-        study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions=dist, state=state, user_attrs=attrs))
-
-    add(1, State.FAIL, run_dir="trial_0", interrupted=True)  # Ctrl-C after it wrote its folder
-    add(2, State.FAIL, run_dir="trial_1")  # an error: not retried
-    killed = study.ask({"x": dist["x"]})  # a kill leaves it RUNNING, before it wrote anything
-    killed.set_user_attr("run_dir", f"trial_{killed.number}")
-    (tmp_path / "trial_0").mkdir()
-    assert retry_stopped_trials(study, tmp_path) == [0, 2]
-    states = [t.state for t in study.trials]
-    assert states == [State.FAIL, State.FAIL, State.FAIL, State.WAITING, State.WAITING]
-    assert study.trials[3].user_attrs == {"run_dir": "trial_0", "retry_of": 0}  # resumes in its folder
-    assert study.trials[3].system_attrs["fixed_params"] == {"x": 1}
-    assert study.trials[4].user_attrs == {"retry_of": 2}  # nothing to resume: a fresh folder
-    assert retry_stopped_trials(study, tmp_path) == []
+    study.add_trial(optuna.trial.create_trial(params={"x": 2}, distributions=dist, state=State.FAIL))  # an error
+    with worker_lease(tmp_path, "alive-worker"):
+        live = study.ask({"x": dist["x"]})
+        live.set_user_attr("worker", "alive-worker")
+        dead = study.ask({"x": dist["x"]})
+        dead.set_user_attr("worker", "gone-worker")  # its lease file never existed or was removed
+        dead.set_user_attr("run_dir", f"trial_{dead.number}")
+        spec = parse_storage(None, tmp_path)
+        assert fail_dead_trials(study, spec, tmp_path) == [dead.number]
+        assert fail_dead_trials(study, spec, tmp_path) == []  # retried once
+        states = [t.state for t in study.trials]
+        assert states == [State.FAIL, State.RUNNING, State.FAIL, State.WAITING]
+        retry = study.trials[3]
+        assert retry.params == study.trials[2].params and retry.user_attrs["run_dir"] == f"trial_{dead.number}"
+    # the live worker ends without finishing its trial (killed): its lease is no longer locked
+    assert fail_dead_trials(study, spec, tmp_path) == [live.number]
 
 
 # ------------------------------------------------------------------------------------------- W&B backend
@@ -374,12 +375,7 @@ def test_sweep_refuses_bad_use(tmp_path, sample_root, capsys):
     out = tmp_path / "sweep"
     assert sweep_cli(out, sample_root, "output_dir=elsewhere") == 2
     assert "the sweep sets output_dir for each trial" in capsys.readouterr().err
-    out.mkdir()
-    with open(out / LOCK, "a+") as held:  # another sweep process works in this folder
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        assert sweep_cli(out, sample_root, "--trials", "1") == 2
-    assert "is in use by another running sweep" in capsys.readouterr().err
-    assert not (out / JOURNAL).exists()
+    assert not out.exists()
 
 
 def test_optuna_sweep_resumes_and_reports(tmp_path, sample_root, capsys):
@@ -396,6 +392,7 @@ def test_optuna_sweep_resumes_and_reports(tmp_path, sample_root, capsys):
     study = open_study(out)
     killed = study.ask()
     params = suggest_all(killed, search_space(sweep, overrides))
+    killed.set_user_attr("worker", "a-worker-that-died")  # its lease file is gone: the worker is dead
     killed.set_user_attr("run_dir", "trial_2")
     (out / "trial_2").mkdir()
     (out / "trial_2" / "recipe.yaml").write_text(dump_recipe(trial_recipe(sweep, params, overrides, out / "trial_2")))
@@ -413,9 +410,10 @@ def test_optuna_sweep_resumes_and_reports(tmp_path, sample_root, capsys):
     complete = optuna.trial.TrialState.COMPLETE
     assert states == [complete, complete, optuna.trial.TrialState.FAIL, complete]
     retry = study.trials[3]
-    assert retry.user_attrs["run_dir"] == "trial_2" and retry.user_attrs["retry_of"] == 2
+    assert retry.user_attrs["run_dir"] == "trial_2" and retry.system_attrs["failed_trial"] == 2
     assert retry.params == killed.params  # the cut-off trial ran again with its own parameters
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["trial_0", "trial_1", "trial_2"]
+    runs = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert runs == ["trial_0", "trial_1", "trial_2"]
     for t in (study.trials[0], study.trials[1], retry):
         run = out / t.user_attrs["run_dir"]
         metrics = json.loads((run / "metrics.json").read_text())

@@ -15,7 +15,10 @@ Every trial is a real run directory written by :func:`inat_zoo.train.train`.
 Layers, imports going one way (each module imports only those below it):
 
 - :mod:`.cli` -- ``inat-zoo sweep``: arguments, then one backend;
+- :mod:`.workers` -- ``--workers N``: N worker processes on this machine, one progress bar;
 - :mod:`.optuna_backend` and :mod:`.wandb_backend` -- the two ways of sampling and running trials;
+- :mod:`.budget` (``--trials`` across workers) and :mod:`.liveness` (trials of dead workers) -- rules of a shared
+  study; :mod:`.storage` -- where the study lives (``--storage URL``);
 - :mod:`.spec` -- the sweep file (parsing, checks, search space) and the trial recipes both backends build.
 
 The names below are re-exported so ``from inat_zoo.sweep import load_sweep`` needs no knowledge of the layout.
@@ -23,20 +26,23 @@ The names below are re-exported so ``from inat_zoo.sweep import load_sweep`` nee
 
 from __future__ import annotations
 
+from .budget import WITHDRAWN, Slots, claim_holds, count_slots
+from .liveness import fail_dead_trials
 from .optuna_backend import (
     DEFAULT_TRIALS,
-    JOURNAL,
-    LOCK,
     SWEEP_RECORD,
+    decode_params,
     epoch_reporter,
     make_pruner,
     make_sampler,
     open_study,
-    retry_stopped_trials,
+    plan_optuna,
     run_optuna,
+    sampler_seed,
     suggest,
     suggest_all,
 )
+from .results import find_sweeps, latest_trials, trial_summary
 from .spec import (
     METHODS,
     METRICS,
@@ -55,37 +61,49 @@ from .spec import (
     to_wandb_config,
     trial_recipe,
 )
+from .storage import JOURNAL, StorageSpec, parse_storage
 from .wandb_backend import require_wandb_online, run_wandb
 
 __all__ = [
     "DEFAULT_TRIALS",
     "JOURNAL",
-    "LOCK",
     "METHODS",
     "METRICS",
     "OPTUNA_DISTRIBUTIONS",
     "SWEEP_KEYS",
     "SWEEP_RECORD",
+    "Slots",
+    "StorageSpec",
     "WANDB_ONLY_DISTRIBUTIONS",
+    "WITHDRAWN",
     "Sweep",
     "announce_pinned",
     "check_parameters_disjoint",
+    "claim_holds",
+    "count_slots",
     "check_space",
+    "decode_params",
     "epoch_reporter",
+    "fail_dead_trials",
+    "find_sweeps",
     "flatten_parameters",
+    "latest_trials",
     "load_sweep",
     "make_pruner",
     "make_sampler",
     "normalize_parameter",
     "open_study",
+    "parse_storage",
     "pinned_parameters",
+    "plan_optuna",
     "require_wandb_online",
-    "retry_stopped_trials",
     "run_optuna",
     "run_wandb",
+    "sampler_seed",
     "search_space",
     "suggest",
     "suggest_all",
     "to_wandb_config",
+    "trial_summary",
     "trial_recipe",
 ]

@@ -9,6 +9,7 @@ from ..errors import UsageError
 from .optuna_backend import run_optuna
 from .spec import load_sweep
 from .wandb_backend import run_wandb
+from .workers import parse_devices, run_workers
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +19,22 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default=None, help="base recipe (default: the sweep file's `recipe:`)")
     parser.add_argument("--project", default=None, help="W&B project (default: the recipe's track.project)")
     parser.add_argument("--entity", default=None, help="W&B entity")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="optuna: the study's database, shared by workers on several machines (postgresql://USER@HOST/DB, "
+        "mysql://..., sqlite:///FILE.db for one machine); default: the journal file in the sweep folder",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="optuna: start N worker processes on this machine"
+    )
+    parser.add_argument(
+        "--devices", default=None, metavar="0,1,..", help="optuna: one GPU per worker (CUDA_VISIBLE_DEVICES)"
+    )
+    parser.add_argument(
+        "--sweep-id", default=None, metavar="ENTITY/PROJECT/ID", help="wandb: join this sweep as one more agent"
+    )
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -55,10 +72,29 @@ def run_cli(args: argparse.Namespace) -> int:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise UsageError(f"expected key=value overrides after the sweep file, got {' '.join(bad)}")
+    _check_backend_options(args)
+    devices = parse_devices(args.devices, args.workers)
     sweep = load_sweep(args.sweep_file, recipe=args.recipe)
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.name
     if args.backend == "wandb":
-        run_wandb(sweep, args.overrides, args.trials, out, project=args.project, entity=args.entity)
+        run_wandb(
+            sweep, args.overrides, args.trials, out, project=args.project, entity=args.entity, sweep_id=args.sweep_id
+        )
+    elif devices is not None:
+        return run_workers(sweep, args, out, devices)
     else:
-        run_optuna(sweep, args.overrides, args.trials, out)
+        run_optuna(sweep, args.overrides, args.trials, out, storage=args.storage)
     return 0
+
+
+def _check_backend_options(args: argparse.Namespace) -> None:
+    """Options of one backend given to the other are mistakes, refused before anything runs."""
+    if args.backend == "wandb":
+        given = [f"--{n}" for n in ("storage", "workers", "devices") if getattr(args, n) is not None]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} belong to --backend optuna; with W&B, run one agent per GPU or machine: "
+                "CUDA_VISIBLE_DEVICES=0 inat-zoo sweep SWEEP.yaml --backend wandb --sweep-id ENTITY/PROJECT/ID"
+            )
+    elif args.sweep_id is not None:
+        raise UsageError("--sweep-id joins a W&B sweep: it needs --backend wandb")

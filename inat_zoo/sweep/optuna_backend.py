@@ -1,21 +1,25 @@
-"""The offline backend: a sweep file run with Optuna, resumable from a journal in the sweep folder.
+"""The offline backend: a sweep file run with Optuna by one or several workers sharing one study.
 
-TPE (multivariate) for ``bayes``, Hyperband pruning fed with the per-epoch metric, and a journal file in the sweep
-folder so a killed sweep resumes: finished trials count toward ``--trials``, and a trial that was running when the
-process died is run again in its own folder (from its last checkpoint). The sweep folder's file names
-(:data:`JOURNAL`, :data:`SWEEP_RECORD`, :data:`LOCK`) are known here only; the report asks this module.
+TPE (multivariate) for ``bayes``, Hyperband pruning fed with the per-epoch metric, and a storage every worker of
+the sweep shares (:mod:`.storage`: the journal file in the sweep folder by default, or a database): a killed sweep
+resumes, finished trials count toward ``--trials`` across all workers (:mod:`.budget`), and a trial whose worker
+died is run again in its own folder from its last checkpoint (:mod:`.liveness`). Each worker loops: fail the
+trials of dead workers, claim a slot, train one trial, until the study holds ``--trials`` finished trials. The
+sweep folder's record (:data:`SWEEP_RECORD`) is known here only; the report asks this module.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
+import hashlib
 import json
 import math
 import os
+import random
+import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,8 @@ from ..atomic import atomic_write_text
 from ..config import load_recipe
 from ..errors import UsageError
 from ..rundir import read_history
+from .budget import backoff_s, claim_holds, count_slots, withdraw
+from .liveness import fail_dead_trials, worker_lease, worker_name
 from .spec import (
     METRICS,
     OPTUNA_DISTRIBUTIONS,
@@ -38,11 +44,11 @@ from .spec import (
     search_space,
     trial_recipe,
 )
+from .storage import StorageSpec, open_storage, parse_storage
 
-JOURNAL = "optuna_journal.log"
 SWEEP_RECORD = "sweep.yaml"
-LOCK = ".sweep.lock"
 DEFAULT_TRIALS = 10
+POLL_S = 1.0  # how often a worker waiting for a slot looks at the storage again
 
 
 # --------------------------------------------------------------------------------------- optuna search space
@@ -94,23 +100,29 @@ def suggest_all(trial: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str,
     return {key: suggest(trial, key, spec) for key, spec in space.items()}
 
 
+def decode_params(params: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A trial's stored parameters as the recipe values they set (mappings and lists come back from their JSON).
+
+    Args:
+        params: ``FrozenTrial.params`` as the storage holds them.
+        space: the sweep's search space (``parameters`` of its record), ``{dotted key: W&B spec}``.
+    """
+    decoded = {}
+    for key, value in params.items():
+        spec = space.get(key) or {}
+        choices = {_encode(v): v for v in spec.get("values", [])} if spec.get("distribution") == "categorical" else {}
+        decoded[key] = copy.deepcopy(choices.get(value, value))
+    return decoded
+
+
 # --------------------------------------------------------------------------------------------------- optuna
-@contextlib.contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """One sweep process per folder: a stale RUNNING trial can then only come from a process that died."""
-    with open(out / LOCK, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"sweep folder {str(out)!r} is in use by another running sweep") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _record_sweep(
+    out: Path, sweep: Sweep, space: Mapping[str, Any], overrides: Sequence[str], storage: StorageSpec
+) -> None:
+    """Write DIR/sweep.yaml (what ran, and where its study is); a resume with a different search space is refused.
 
-
-def _record_sweep(out: Path, sweep: Sweep, space: Mapping[str, Any], overrides: Sequence[str]) -> None:
-    """Write DIR/sweep.yaml (what ran); a resume with a different search space is refused, not mixed in."""
+    A database URL is recorded with its password hidden: ``inat-zoo report DIR`` then asks for ``--storage``.
+    """
     record = {
         "name": sweep.name,
         "sweep_file": os.fspath(sweep.path.resolve()),
@@ -121,6 +133,8 @@ def _record_sweep(out: Path, sweep: Sweep, space: Mapping[str, Any], overrides: 
         "parameters": dict(space),
         "overrides": list(overrides),
     }
+    if storage.kind != "journal":
+        record["storage"] = storage.shown
     path = out / SWEEP_RECORD
     if path.is_file():
         old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -160,59 +174,66 @@ def make_sampler(sweep: Sweep, space: Mapping[str, Mapping[str, Any]], seed: int
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(multivariate=True, seed=seed)
+        # constant_liar: a trial other workers are running counts as a poor result, so TPE samples elsewhere
+        return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed)
 
 
-def open_study(out: str | os.PathLike, study_name: str | None = None, **kwargs: Any):
-    """The Optuna study stored in a sweep folder's journal (the only name in it unless one is given)."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+def open_study(
+    out: str | os.PathLike, study_name: str | None = None, storage: str | StorageSpec | None = None, **kwargs: Any
+):
+    """The Optuna study of a sweep: in the sweep folder's journal, or in ``storage`` (a URL, see :mod:`.storage`).
 
-    storage = JournalStorage(JournalFileBackend(os.fspath(Path(out) / JOURNAL)))
-    if study_name is None:
-        names = optuna.get_all_study_names(storage)
-        if len(names) != 1:
-            raise UsageError(f"{out}/{JOURNAL} holds {len(names)} studies ({', '.join(names)}); name the one to open")
-        study_name = names[0]
-    if kwargs:
-        return optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, **kwargs)
-    return optuna.load_study(study_name=study_name, storage=storage)
+    Args:
+        out: the sweep folder (its journal is the storage when ``storage`` is None).
+        study_name: the study; None opens the only study the storage holds.
+        storage: a database URL or a checked :class:`StorageSpec`; None for the journal in ``out``.
+        kwargs: given, the study is created when missing (``optuna.create_study``'s arguments); else only loaded.
 
-
-def _trial_count(out: Path, study_name: str) -> int:
-    if not (out / JOURNAL).is_file():
-        return 0
-    try:
-        return len(open_study(out, study_name).trials)
-    except KeyError:  # the journal holds no study of that name yet
-        return 0
-
-
-def retry_stopped_trials(study, out: Path) -> list[int]:
-    """Trials a stopped process cut off (left RUNNING by a kill, or FAIL after Ctrl-C): queue their parameters again.
-
-    The retry trains in the same run directory and resumes from its last complete checkpoint when there is one.
+    Raises:
+        UsageError: a bad or unreachable storage, several studies and no name, or no study of that name.
     """
     import optuna
 
-    State = optuna.trial.TrialState
-    trials = study.get_trials(deepcopy=False)
-    already = {t.user_attrs.get("retry_of") for t in trials}
-    retried = []
-    for t in trials:
-        interrupted = t.state == State.FAIL and t.user_attrs.get("interrupted")
-        if not (t.state == State.RUNNING or interrupted) or t.number in already:
-            continue
-        run_dir = t.user_attrs.get("run_dir", f"trial_{t.number}")
-        if t.state == State.RUNNING:
-            study.tell(t.number, state=State.FAIL)
-        if (out / run_dir).exists():
-            study.enqueue_trial(dict(t.params), user_attrs={"run_dir": run_dir, "retry_of": t.number})
-        else:  # it died before writing anything: a fresh trial is as good
-            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
-        retried.append(t.number)
-    return retried
+    spec = storage if isinstance(storage, StorageSpec) else parse_storage(storage, out)
+    backend = open_storage(spec)
+    if study_name is None:
+        names = optuna.get_all_study_names(backend)
+        if len(names) != 1:
+            raise UsageError(f"{spec.shown} holds {len(names)} studies ({', '.join(names)}); name the one to open")
+        study_name = names[0]
+    if kwargs:
+        return optuna.create_study(study_name=study_name, storage=backend, load_if_exists=True, **kwargs)
+    try:
+        return optuna.load_study(study_name=study_name, storage=backend)
+    except KeyError:
+        raise UsageError(f"{spec.shown} holds no study named {study_name!r}") from None
+
+
+def _check_study_record(study: Any, sweep: Sweep, space: Mapping[str, Any]) -> None:
+    """The study records what it searches: workers on other machines (other sweep folders) must search the same."""
+    record = json.loads(json.dumps({"method": sweep.method, "metric": sweep.metric, "parameters": dict(space)}))
+    stored = study.user_attrs.get("sweep")
+    if stored is None:
+        study.set_user_attr("sweep", record)  # two first workers racing write the same value
+        return
+    for key, value in record.items():
+        if stored.get(key) != value:
+            raise UsageError(
+                f"study {study.study_name!r} searches with a different {key}; join it with the same sweep file and "
+                "overrides, or give the sweep another name"
+            )
+
+
+def sampler_seed(sweep_seed: int, worker: str) -> int:
+    """The sampler seed of one worker: the sweep's seed mixed with the worker's unique name (32 bits).
+
+    Every worker of a study shares its trials, but each samples with its own random generator: with the sweep seed
+    alone, workers started together would propose the same random start-up trials, and a resumed sweep would
+    replay its first session's draws. The worker part (host, process id, a random token) makes each stream new;
+    the price is that which trial a sweep samples is not reproducible (each trial's recipe is recorded instead).
+    """
+    digest = hashlib.sha256(f"{sweep_seed}:{worker}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def _finished(study) -> int:
@@ -274,73 +295,158 @@ def _trials_to_reach(sweep: Sweep, space: Mapping[str, Mapping[str, Any]], trial
     return trials
 
 
-def _make_objective(
-    sweep: Sweep, space: Mapping[str, Mapping[str, Any]], overrides: Sequence[str], out: Path
-) -> Callable[[Any], float]:
-    """Optuna's objective: train one trial in its run directory and return its best epoch's metric."""
-    from ..train import train
+@dataclass
+class OptunaPlan:
+    """A checked offline sweep: what every worker (and the launcher of several) needs, found before any write."""
 
-    def objective(trial) -> float:
-        params = suggest_all(trial, space)
-        run_name = trial.user_attrs.get("run_dir") or f"trial_{trial.number}"
+    sweep: Sweep
+    overrides: list[str]
+    space: dict[str, dict[str, Any]]
+    base: dict
+    budget: int
+    storage: StorageSpec
+    out: Path
+
+
+def plan_optuna(
+    sweep: Sweep, overrides: Sequence[str], trials: int | None, out: str | os.PathLike, storage: str | None = None
+) -> OptunaPlan:
+    """Check everything a sweep run could trip over (search space, recipes, budget, storage URL); writes nothing.
+
+    Raises:
+        UsageError: a sweep the optuna backend cannot run, a recipe a swept value breaks, a bad ``--trials``, a bad
+            storage URL or a missing database driver.
+    """
+    spec = parse_storage(storage, out)  # first: it is quick, and the checks below take seconds
+    space = _offline_space(sweep, overrides)
+    base = load_recipe(sweep.recipe, overrides)
+    check_space(sweep, space, overrides)
+    budget = _trials_to_reach(sweep, space, trials)
+    return OptunaPlan(sweep, list(overrides), space, base, budget, spec, Path(out))
+
+
+def open_sweep_study(plan: OptunaPlan, worker: str) -> Any:
+    """Create or join the plan's study, and write (or check) the sweep folder's record: a sweep's first writes.
+
+    A database is opened before the sweep folder is made, so an unreachable one leaves nothing behind.
+    Raises :class:`UsageError` when the folder or the study holds a sweep with another search space.
+    """
+    sweep, on_journal = plan.sweep, plan.storage.kind == "journal"
+    if on_journal:  # the journal lives in the folder; its record is checked before the journal is touched
+        plan.out.mkdir(parents=True, exist_ok=True)
+        _record_sweep(plan.out, sweep, plan.space, plan.overrides, plan.storage)
+    study = open_study(
+        plan.out,
+        sweep.name,
+        plan.storage,
+        direction=sweep.direction,
+        sampler=make_sampler(sweep, plan.space, sampler_seed(plan.base["seed"], worker)),
+        pruner=make_pruner(sweep, plan.base["train"]["epochs"]),
+    )
+    _check_study_record(study, sweep, plan.space)
+    if not on_journal:
+        plan.out.mkdir(parents=True, exist_ok=True)
+        _record_sweep(plan.out, sweep, plan.space, plan.overrides, plan.storage)
+    return study
+
+
+class ClaimWithdrawn(Exception):
+    """Raised in a trial that lost the race for the last slot of the budget (see :mod:`.budget`); never trained."""
+
+
+class TrialRunner:
+    """Optuna's objective for one worker: claim the trial's slot, train it in its run folder, return its metric."""
+
+    def __init__(self, plan: OptunaPlan, worker: str) -> None:
+        self.plan = plan
+        self.worker = worker
+        self.withdrawn = False  # whether the last call gave its slot back
+
+    def __call__(self, trial: Any) -> float:
+        from ..train import train
+
+        plan, sweep = self.plan, self.plan.sweep
+        trial.set_user_attr("worker", self.worker)  # first: the journal's dead-worker rule reads it
+        self.withdrawn = not claim_holds(trial.study, plan.budget)
+        if self.withdrawn:
+            withdraw(trial.study, trial)
+            raise ClaimWithdrawn(f"trial {trial.number}: the budget of {plan.budget} trials is taken")
+        params = suggest_all(trial, plan.space)
+        resume = "run_dir" in trial.user_attrs  # only the retry of a dead or interrupted trial carries one
+        run_name = trial.user_attrs.get("run_dir") or f"trial_{trial.number}"  # numbers are unique in the storage
         trial.set_user_attr("run_dir", run_name)
-        run_dir = out / run_name
+        run_dir = plan.out / run_name
         # a retried trial continues in its folder (from its last complete checkpoint, if any)
-        recipe = trial_recipe(sweep, params, overrides, run_dir, resume="retry_of" in trial.user_attrs)
+        recipe = trial_recipe(sweep, params, plan.overrides, run_dir, resume=resume)
         try:
             metrics = train(recipe, epoch_callback=epoch_reporter(trial, sweep.metric, recipe["train"]["epochs"]))
-        except KeyboardInterrupt:  # optuna records FAIL; the next session resumes this trial
+        except KeyboardInterrupt:  # optuna records FAIL; the retry queued here resumes it in a later session
             trial.set_user_attr("interrupted", True)
+            retry = {"run_dir": run_name, "retry_of": trial.number}
+            trial.study.enqueue_trial(dict(trial.params), user_attrs=retry)
             raise
         finally:
             release_memory()
-        for key in ("params", "trainable_params", "best_epoch", "epochs", "train_time_s"):
+        # what `inat-zoo report` shows of a trial whose run folder is on another machine
+        for key in ("model", "freeze", "params", "trainable_params", "best_epoch", "epochs", "train_time_s"):
             if key in metrics:
                 trial.set_user_attr(key, metrics[key])
+        trial.set_user_attr("val_accuracy", metrics["validation"]["accuracy"])
         trial.set_user_attr("test_accuracy", metrics["test"]["accuracy"])
         # from history.jsonl, not the callback: a resumed trial reports only the epochs after its checkpoint
         return _best_value([r[sweep.metric] for r in read_history(run_dir)], sweep.goal)
 
-    return objective
 
+def work_until_budget(plan: OptunaPlan, study: Any, runner: TrialRunner) -> None:
+    """Claim and run trials until the study holds ``plan.budget`` finished ones, whichever workers finished them.
 
-def run_optuna(sweep: Sweep, overrides: Sequence[str], trials: int | None, out: str | os.PathLike) -> Any:
-    """Run (or resume) the sweep offline until ``trials`` trials have finished (completed or pruned).
-
-    Returns the ``optuna.Study`` stored in ``out``'s journal. Raises :class:`UsageError` for a sweep the optuna
-    backend cannot run, a recipe a sampled value breaks, or a sweep folder in use or holding another sweep.
+    Each round first fails the trials of dead workers (they are queued again, see :mod:`.liveness`), then follows
+    the budget rule of :mod:`.budget`: wait while live workers hold every open slot, claim-then-check otherwise.
     """
-    out = Path(out)
-    space = _offline_space(sweep, overrides)
-    base = load_recipe(sweep.recipe, overrides)
-    check_space(sweep, space, overrides)
-    trials = _trials_to_reach(sweep, space, trials)
-
-    out.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out):
-        _record_sweep(out, sweep, space, overrides)
-        previous = _trial_count(out, sweep.name)
-        study = open_study(
-            out,
-            sweep.name,
-            direction=sweep.direction,
-            # a resumed sweep must not replay the random start-up draws of the first session
-            sampler=make_sampler(sweep, space, base["seed"] + previous),
-            pruner=make_pruner(sweep, base["train"]["epochs"]),
-        )
-        retried = retry_stopped_trials(study, out)
+    rng = random.Random(runner.worker)
+    attempts = 0
+    while True:
+        retried = fail_dead_trials(study, plan.storage, plan.out)
         if retried:
             print(f"sweep: trials {', '.join(map(str, retried))} were cut off by a stopped process; running again")
-        remaining = trials - _finished(study)
-        if remaining <= 0:
-            print(f"sweep: {out} already has {_finished(study)} finished trials (--trials {trials})")
+        slots = count_slots(study)
+        if slots.finished >= plan.budget:
+            return
+        if slots.taken >= plan.budget:  # the open slots are held by live workers: wait until one ends or dies
+            time.sleep(POLL_S)
+            continue
+        study.optimize(runner, n_trials=1, gc_after_trial=True, catch=(ClaimWithdrawn,))
+        attempts = attempts + 1 if runner.withdrawn else 0
+        if attempts:
+            time.sleep(backoff_s(attempts, rng))
+
+
+def run_optuna(
+    sweep: Sweep, overrides: Sequence[str], trials: int | None, out: str | os.PathLike, storage: str | None = None
+) -> Any:
+    """Run one worker of the sweep (or resume it) until ``trials`` trials have finished (completed or pruned).
+
+    Several workers, in several processes or on several machines, may run the same sweep at once: they share the
+    study in ``storage`` (None: the journal in ``out``) and its budget. Returns the ``optuna.Study``.
+
+    Raises:
+        UsageError: see :func:`plan_optuna` and :func:`open_sweep_study`.
+    """
+    plan = plan_optuna(sweep, overrides, trials, out, storage)
+    worker = worker_name()
+    study = open_sweep_study(plan, worker)
+    with worker_lease(plan.out, worker):
+        finished = count_slots(study).finished
+        if finished >= plan.budget:
+            print(f"sweep: {plan.out} already has {finished} finished trials (--trials {plan.budget})")
             return study
-        study.optimize(_make_objective(sweep, space, overrides, out), n_trials=remaining, gc_after_trial=True)
-        _print_summary(study, sweep, out)
-        return study
+        work_until_budget(plan, study, TrialRunner(plan, worker))
+    print_summary(study, sweep, plan.out)
+    return study
 
 
-def _print_summary(study, sweep: Sweep, out: Path) -> None:
+def print_summary(study, sweep: Sweep, out: Path) -> None:
+    """Print the finished trials of the study (all workers') and its best trial."""
     import optuna
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
