@@ -113,6 +113,23 @@ def test_mistakes_are_one_line_before_anything_is_written(tmp_path, sample_root,
     assert not out.exists()
 
 
+def test_the_storage_url_travels_in_the_environment_not_the_command_line(tmp_path, sample_root, capsys, monkeypatch):
+    """A database password in argv is readable by every user through `ps`: workers get the URL from the environment,
+    and so may the user (INAT_ZOO_SWEEP_STORAGE)."""
+    import argparse
+
+    from inat_zoo.sweep.storage import STORAGE_ENV
+    from inat_zoo.sweep.workers import _worker_command
+
+    args = argparse.Namespace(sweep_file=SWEEP_FILE, recipe=None, storage="postgresql://me:secret@db/s", overrides=[])
+    assert "secret" not in " ".join(_worker_command(args, tmp_path / "out", 2))
+    monkeypatch.setenv(STORAGE_ENV, "oracle://me:secret@db/sweeps")
+    out = tmp_path / "out"
+    assert main(["sweep", SWEEP_FILE, f"data.root={sample_root}", *TINY, "--out", str(out)]) == 2
+    err = one_error_line(capsys)
+    assert "unsupported database 'oracle'" in err and "secret" not in err and not out.exists()
+
+
 def test_options_of_the_other_backend_are_refused(tmp_path, capsys):
     for options in (["--workers", "2"], ["--storage", "sqlite:///x.db"]):
         assert main(["sweep", SWEEP_FILE, "--backend", "wandb", "--out", str(tmp_path / "w"), *options]) == 2

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..errors import UsageError
 from .optuna_backend import run_optuna
 from .spec import load_sweep
+from .storage import STORAGE_ENV
 from .wandb_backend import run_wandb
 from .workers import parse_devices, run_workers
 
@@ -24,7 +26,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="URL",
         help="optuna: the study's database, shared by workers on several machines (postgresql://USER@HOST/DB, "
-        "mysql://..., sqlite:///FILE.db for one machine); default: the journal file in the sweep folder",
+        f"mysql://..., sqlite:///FILE.db for one machine); default: ${STORAGE_ENV} if set (keeps a password out of "
+        "the process list), else the journal file in the sweep folder",
     )
     parser.add_argument(
         "--workers", type=int, default=None, metavar="N", help="optuna: start N worker processes on this machine"
@@ -73,6 +76,8 @@ def run_cli(args: argparse.Namespace) -> int:
     if bad:
         raise UsageError(f"expected key=value overrides after the sweep file, got {' '.join(bad)}")
     _check_backend_options(args)
+    if args.backend == "optuna" and args.storage is None:
+        args.storage = os.environ.get(STORAGE_ENV) or None
     devices = parse_devices(args.devices, args.workers)
     sweep = load_sweep(args.sweep_file, recipe=args.recipe)
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.name

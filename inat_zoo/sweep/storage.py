@@ -27,6 +27,8 @@ from typing import Any
 from ..errors import UsageError
 
 JOURNAL = "optuna_journal.log"
+# the --storage URL from the environment: a database password stays out of `ps` (the workers get it this way)
+STORAGE_ENV = "INAT_ZOO_SWEEP_STORAGE"
 SQLITE_LOCK_TIMEOUT_S = 60
 # Seconds between two heartbeats of a running trial on a database storage; a trial whose last beat is older than
 # two intervals is failed and queued again. Tests set a short one through the environment.

@@ -26,6 +26,7 @@ from .budget import count_slots
 from .liveness import WORKERS_DIR
 from .optuna_backend import open_sweep_study, plan_optuna, print_summary
 from .spec import Sweep
+from .storage import STORAGE_ENV
 
 STOP_GRACE_S = 60  # after Ctrl-C, how long workers get to record their trials as interrupted before SIGTERM
 PROGRESS_POLL_S = 1.0
@@ -72,16 +73,16 @@ def _worker_command(args: argparse.Namespace, out: Path, budget: int) -> list[st
     command += ["--out", os.fspath(out), "--trials", str(budget)]
     if args.recipe:
         command += ["--recipe", os.fspath(args.recipe)]
-    if args.storage:
-        command += ["--storage", args.storage]
-    return [*command, *args.overrides]
+    return [*command, *args.overrides]  # the storage URL goes through the environment (_start), never argv
 
 
-def _start(command: list[str], placement: dict, log: IO[bytes]) -> subprocess.Popen:
+def _start(command: list[str], placement: dict, log: IO[bytes], storage: str | None) -> subprocess.Popen:
     cores = placement["cores"]
+    # a database URL may hold a password: in the environment it stays out of the process list other users can read
+    storage_env = {STORAGE_ENV: storage} if storage else {}
     return subprocess.Popen(
         command,
-        env={**os.environ, **placement["env"]},
+        env={**os.environ, **placement["env"], **storage_env},
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -147,7 +148,7 @@ def run_workers(sweep: Sweep, args: argparse.Namespace, out: Path, devices: Sequ
     for i, placement in enumerate(_placements(devices)):
         log_paths.append(logs / f"worker_{i}.log")
         with open(log_paths[-1], "ab") as log:  # the child keeps its own copy of the descriptor
-            workers.append(_start(command, placement, log))
+            workers.append(_start(command, placement, log, args.storage))
     print(f"sweep: {len(workers)} workers on {plan.storage.shown}; their output: {logs}/worker_<i>.log")
     try:
         _follow(study, plan.budget, workers)
