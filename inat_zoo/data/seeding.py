@@ -84,13 +84,8 @@ class SampleKey(NamedTuple):
     repeat: int = 0
 
 
-class EpochSampler(Sampler[SampleKey]):
-    """A shuffled pass over ``num_samples`` rows whose order is a function of (``seed``, epoch) only.
-
-    Call :meth:`set_epoch` before each pass (accelerate's ``DataLoaderShard.set_epoch`` does, through the batch
-    sampler). Yields :class:`SampleKey` s. Not a ``RandomSampler`` on purpose: accelerate replaces those with its own
-    sampler, whose keys would lose the epoch. Under DDP accelerate shards the batches this order forms.
-    """
+class _SeededEpochSampler(Sampler[SampleKey]):
+    """What the seeded samplers share: ``num_samples`` keys per pass, the pass chosen by :meth:`set_epoch`."""
 
     def __init__(self, num_samples: int, seed: int) -> None:
         self.num_samples = num_samples
@@ -104,6 +99,15 @@ class EpochSampler(Sampler[SampleKey]):
     def __len__(self) -> int:
         return self.num_samples
 
+
+class EpochSampler(_SeededEpochSampler):
+    """A shuffled pass over ``num_samples`` rows whose order is a function of (``seed``, epoch) only.
+
+    Call :meth:`set_epoch` before each pass (accelerate's ``DataLoaderShard.set_epoch`` does, through the batch
+    sampler). Yields :class:`SampleKey` s. Not a ``RandomSampler`` on purpose: accelerate replaces those with its own
+    sampler, whose keys would lose the epoch. Under DDP accelerate shards the batches this order forms.
+    """
+
     def __iter__(self) -> Iterator[SampleKey]:
         for index in torch.randperm(self.num_samples, generator=_generator(self.seed, self.epoch)).tolist():
             yield SampleKey(self.epoch, index)
@@ -113,7 +117,7 @@ def _generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
-class BalancedSampler(Sampler[SampleKey]):
+class BalancedSampler(_SeededEpochSampler):
     """``len(labels)`` draws with replacement per epoch, each row weighted by 1 / (its class's row count), so every
     class is equally likely at each draw (``WeightedRandomSampler``'s rule); the draw is a function of (``seed``,
     epoch) only.
@@ -130,18 +134,9 @@ class BalancedSampler(Sampler[SampleKey]):
         labels = np.asarray(labels, dtype=np.int64)
         if labels.ndim != 1 or labels.size == 0 or labels.min() < 0:
             raise ValueError("BalancedSampler needs a non-empty sequence of class indices >= 0")
+        super().__init__(len(labels), seed)
         counts = np.bincount(labels)
         self.weights = torch.from_numpy(1.0 / counts[labels])  # (N,) float64: 1 / count of the row's class
-        self.num_samples = len(labels)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose draw the next ``__iter__`` yields (called by accelerate before each pass)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_samples
 
     def draw(self) -> list[int]:
         """This epoch's rows, in order: ``len(labels)`` indices drawn with replacement (torch.multinomial)."""
