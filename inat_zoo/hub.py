@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from huggingface_hub import HfApi, get_token
 
-from .atomic import atomic_directory, atomic_write_text
+from .atomic import atomic_directory, atomic_write_json, atomic_write_text
 from .errors import UsageError
 from .hub_ids import hub_dataset_id, parse_hub_id
 from .rundir import (
@@ -133,6 +133,39 @@ def _published_name(path: str) -> str:
     return prefix + Path(path.removeprefix(prefix)).name
 
 
+def _published_root(root: str) -> str:
+    """A data root as published: a Hub dataset id kept, a local folder cut to its name."""
+    hub_id = hub_dataset_id(root)
+    return hub_id if hub_id is not None else Path(root).name
+
+
+def _published_image(path: str, root: str | None) -> str:
+    """An image path as published: relative to the data root (``val/<class>/<file>``) when under it, else its name."""
+    if root:
+        try:
+            return Path(path).relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return Path(path).name
+
+
+def shareable_eval_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``eval/metrics.json`` as published (``eval_metrics.json``): the model reference, the data root, and the
+    image paths of ``top_losses`` and ``skipped`` without the author's folders; every figure unchanged."""
+    out = copy.deepcopy(metrics)
+    root = out.get("data_root") if isinstance(out.get("data_root"), str) else None
+    if isinstance(out.get("model"), str):
+        out["model"] = _published_name(out["model"])
+    if root:
+        out["data_root"] = _published_root(root)
+    for entry in out.get("top_losses") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("image"), str):
+            entry["image"] = _published_image(entry["image"], root)
+    if isinstance(out.get("skipped"), dict):
+        out["skipped"] = {_published_image(name, root): why for name, why in out["skipped"].items()}
+    return out
+
+
 def shareable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     """The recipe as published: every local path cut to its name (``data.root``, ``output_dir``, a
     ``model.pretrained`` weights file, a local ``train.distill.teacher``), so a public repo never shows the author's
@@ -140,8 +173,7 @@ def shareable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(recipe)
     data, model, train = (out.get(section) for section in ("data", "model", "train"))
     if isinstance(data, dict) and data.get("root"):
-        hub_id = hub_dataset_id(data["root"])
-        data["root"] = hub_id if hub_id is not None else Path(str(data["root"])).name
+        data["root"] = _published_root(str(data["root"]))
     if out.get("output_dir"):
         out["output_dir"] = str(Path("runs") / Path(str(out["output_dir"])).name)
     if isinstance(model, dict) and isinstance(model.get("pretrained"), str):
@@ -190,7 +222,7 @@ def build_hub_folder(
         if (run.run_dir / HISTORY_FILE).is_file():
             shutil.copy2(run.run_dir / HISTORY_FILE, tmp / HISTORY_FILE)
         if run.eval_metrics is not None:
-            shutil.copy2(run.run_dir / EVAL_FOLDER / METRICS_FILE, tmp / PUBLISHED_EVAL_METRICS_FILE)
+            atomic_write_json(tmp / PUBLISHED_EVAL_METRICS_FILE, shareable_eval_metrics(run.eval_metrics))
         images = _copy_pictures(run, tmp)
         curves = None
         if run.history:

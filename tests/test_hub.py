@@ -81,7 +81,13 @@ def _make_run(run: Path, labels: list[str] = LABELS) -> tuple[Path, torch.nn.Mod
         for e in range(3)
     ]  # fmt: skip
     (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    eval_metrics = {"split": "test", "accuracy": 0.375, "macro_f1": 0.3312, "num_samples": 40, "class_names": labels}
+    eval_metrics = {  # what `inat-zoo evaluate RUN` writes: the model reference and image paths are local
+        "model": f"local-dir:{run}/model", "split": "test", "data_root": "/tmp/sample", "accuracy": 0.375,
+        "macro_f1": 0.3312, "num_samples": 40, "class_names": labels,
+        "skipped": {f"/tmp/sample/val/{labels[0]}/broken.jpg": "truncated"},
+        "top_losses": [{"image": f"/tmp/sample/val/{labels[1]}/a.jpg", "true": labels[1], "predicted": labels[0],
+                        "true_probability": 0.1, "predicted_probability": 0.7, "loss": 2.3}],
+    }  # fmt: skip
     (run / "eval").mkdir()
     (run / "eval" / "metrics.json").write_text(json.dumps(eval_metrics))
     _png(run / "eval" / "confusion_matrix.png", 1)
@@ -120,9 +126,16 @@ def test_dry_run_writes_complete_folder(run_and_model, hub_folder):
     for name in ("config.json", "model.safetensors", "metrics.json"):
         src = run / "model" / name if name in ("config.json", "model.safetensors") else run / name
         assert (hub_folder / name).read_bytes() == src.read_bytes(), name
+    for public in hub_folder.rglob("*"):  # every text file that goes public: no local folder in any of them
+        if public.suffix in (".md", ".yaml", ".json", ".jsonl"):
+            text = public.read_text()
+            assert str(run) not in text and "/tmp/sample" not in text, public.name
+    shared_eval = json.loads((hub_folder / "eval_metrics.json").read_text())
+    assert shared_eval["model"] == "local-dir:model" and shared_eval["data_root"] == "sample"
+    assert shared_eval["top_losses"][0]["image"] == f"val/{shared_eval['class_names'][1]}/a.jpg"
+    assert list(shared_eval["skipped"]) == [f"val/{shared_eval['class_names'][0]}/broken.jpg"]
+    assert shared_eval["accuracy"] == 0.375  # the figures themselves are unchanged
     published = (hub_folder / "recipe.yaml").read_text()
-    for public in (published, (hub_folder / "README.md").read_text()):
-        assert str(run) not in public and "/tmp/sample" not in public  # no local folders go public
     recipe, original = yaml.safe_load(published), yaml.safe_load((run / "recipe.yaml").read_text())
     assert recipe["data"]["root"] == "sample" and recipe["output_dir"] == "runs/tiny"
     assert {**recipe, "output_dir": None, "data": None} == {**original, "output_dir": None, "data": None}
