@@ -258,6 +258,44 @@ def test_a_worker_killed_mid_trial_leaves_its_trial_to_be_retried(tmp_path, samp
     assert_budget_kept(out, 2, storage)
 
 
+def _processes_naming(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text`` (read from /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                pids.append(int(entry.name))
+        except OSError:  # the process ended meanwhile
+            pass
+    return pids
+
+
+@pytest.mark.parametrize("how", ["ctrl-c with a closed pipe", "sigterm"])
+def test_stopping_the_launcher_stops_its_workers(tmp_path, sample_root, how):
+    """`inat-zoo sweep ... --workers 2 | tail` and Ctrl-C: the terminal's SIGINT also ends `tail`, so the launcher's
+    output pipe is closed when it handles the interrupt; a SIGTERM (a job scheduler) is the other way to stop it.
+    Either way no worker is left training."""
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "inat_zoo.cli", "sweep", SWEEP_FILE, "--out", str(out), "--trials", "2",
+               "--workers", "2", f"data.root={sample_root}", *TINY, "train.epochs=1000"]  # fmt: skip
+    environment = {**subprocess_env(), "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while len([p for p in _processes_naming(str(out)) if p != launcher.pid]) < 2:  # both workers started
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[0][-3000:]
+        time.sleep(0.2)
+    if how == "sigterm":
+        launcher.send_signal(signal.SIGTERM)
+    else:
+        launcher.stdout.close()  # `tail` is gone
+        launcher.send_signal(signal.SIGINT)
+    launcher.wait(timeout=120)
+    deadline = time.monotonic() + 5  # the launcher waits for its workers: at most a moment for the kernel to reap
+    while _processes_naming(str(out)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_naming(str(out)) == []
+
+
 # ------------------------------------------------------------------------------------------------ PostgreSQL
 def _postgres_bin() -> Path | None:
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)

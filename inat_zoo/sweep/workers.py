@@ -106,6 +106,18 @@ def _stop(workers: Sequence[subprocess.Popen]) -> None:
             time.sleep(0.2)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _say(message: str) -> None:
+    """Print, unless the output is a pipe its reader has closed (the launcher still ends cleanly)."""
+    try:
+        print(message, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
+
+
 def _follow(study, budget: int, workers: Sequence[subprocess.Popen]) -> None:
     """One progress bar of the whole study (finished trials of ``budget``) until every worker has exited."""
     from tqdm import tqdm
@@ -150,11 +162,19 @@ def run_workers(sweep: Sweep, args: argparse.Namespace, out: Path, devices: Sequ
         with open(log_paths[-1], "ab") as log:  # the child keeps its own copy of the descriptor
             workers.append(_start(command, placement, log, args.storage))
     print(f"sweep: {len(workers)} workers on {plan.storage.shown}; their output: {logs}/worker_<i>.log")
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM to the launcher stops its workers too
     try:
         _follow(study, plan.budget, workers)
     except KeyboardInterrupt:
-        print("sweep: stopping the workers (their trials are queued again; rerun the command to resume)")
+        interrupted = True
+    finally:
+        # Every way out stops the workers first, before anything is printed: a Ctrl-C on `inat-zoo sweep ... | tail`
+        # also ends `tail`, and a print to its closed pipe raising here must not leave the workers training.
+        signal.signal(signal.SIGTERM, previous)
         _stop(workers)
+    if interrupted:
+        _say("sweep: stopped the workers (their trials are queued again; rerun the command to resume)")
         return 130
     failed = [(i, w.returncode) for i, w in enumerate(workers) if w.returncode != 0]
     for i, code in failed:
