@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,39 @@ TOP_K = 5
 MAX_EXAMPLES = 6
 OVERLAY_MIN_SIDE = 224  # pixels: a small model input (32-64 px) is enlarged by an integer factor to be seen
 API_NAME = "classify"  # the endpoint gradio_client calls: Client(url).predict(handle_file(path), api_name="/classify")
+MAX_PORT = 65535
+
+
+def check_address(host: str, port: int | None) -> None:
+    """Raise a one-line :class:`UsageError` when ``--port`` is outside 1..65535, ``--host`` does not resolve, or
+    ``port`` (when given) is already taken on ``host``; called before gradio is imported or the model loads."""
+    if port is not None and not 1 <= port <= MAX_PORT:
+        raise UsageError(f"--port {port} is not a port: choose one in 1..{MAX_PORT}")
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise UsageError(f"--host {host} does not resolve ({getattr(e, 'strerror', None) or e})") from e
+    if port is not None:
+        problem = _cannot_listen(host, port)
+        if problem:
+            raise UsageError(problem)
+
+
+def _cannot_listen(host: str, port: int | None) -> str | None:
+    """Why the app cannot listen on ``host``:``port`` (port 0 when None), in terms of ``--host`` / ``--port``;
+    None when a socket binds there (as Gradio's own check, with SO_REUSEADDR)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM)[0]
+    try:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return f"port {port} on {host} is in use: choose another --port"
+        if e.errno == errno.EACCES:
+            return f"port {port} on {host} needs privileges: choose a --port above 1023"
+        return f"cannot listen on --host {host}: {e.strerror or e}"
+    return None
 
 
 def require_gradio():
@@ -208,12 +243,14 @@ def serve(
     ``.close()``). CPU unless CUDA is present (or ``device`` says otherwise).
 
     Raises:
-        UsageError: gradio missing, a MODEL that cannot load, a port in use, or ``share`` when Gradio's share
+        UsageError: gradio missing, a port outside 1..65535 or in use, a host that does not resolve, a MODEL that
+            cannot load, or ``share`` when Gradio's share
             server cannot be reached (the app is closed again then).
     """
     require_gradio()
     from .evaluation import default_device
 
+    check_address(host, port)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device or default_device())
     demo = build_demo(loaded, example_images(loaded))
@@ -223,14 +260,21 @@ def serve(
             demo.launch(
                 server_name=host, server_port=port, share=share, prevent_thread_lock=True, ssr_mode=False, quiet=True
             )
-    except OSError as e:  # "Cannot find empty port", address not available
-        raise UsageError(f"cannot start the app on {host}:{port or 'a free port'}: {' '.join(str(e).split())}") from e
+    except OSError as e:  # Gradio's "Cannot find empty port ... GRADIO_SERVER_PORT ... launch()": ours names --port
+        logger.debug("gradio: %s", e)
+        raise UsageError(_cannot_listen(host, port) or _no_port_message(host, port)) from e
     if share and not demo.share_url:
         logger.debug("gradio: %s", gradio_says.getvalue())
         with contextlib.redirect_stdout(io.StringIO()):
             demo.close()
         raise UsageError("--share: could not reach Gradio's share server (no network?); run without --share")
     return demo
+
+
+def _no_port_message(host: str, port: int | None) -> str:
+    if port is not None:
+        return f"port {port} on {host} is in use: choose another --port"
+    return f"no free port on {host} from Gradio's default 7860 on: choose one with --port"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -244,7 +288,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``inat-zoo app``: serve until Ctrl-C; returns 0."""
-    require_gradio()  # before the model loads
+    check_address(args.host, args.port)  # before gradio is imported and the model loads
+    require_gradio()
     demo = serve(args.model, host=args.host, port=args.port, share=args.share, device=args.device)
     print(f"inat-zoo app: running on {demo.local_url}" + (f" and {demo.share_url}" if demo.share_url else ""))
     try:

@@ -92,7 +92,7 @@ def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         # OSError covers missing files and every network/offline error of huggingface_hub and urllib;
         # RuntimeError: timm's "no pretrained weights" and state-dict mismatches; ValueError/KeyError: bad config.
-        raise UsageError(f"cannot load model {ref}: {_one_line(e)}") from e
+        raise UsageError(f"cannot load model {ref}: {_load_problem(name, e)}") from e
     try:
         model.eval().to(device)
     except (RuntimeError, AssertionError) as e:  # a malformed device string, or cuda in a CPU-only torch
@@ -104,6 +104,28 @@ def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
         run_dir=run_dir,
         ref=name,
     )
+
+
+OTHER_MODELS = "use a run directory, local-dir:PATH or hf-hub:ORG/NAME"
+
+
+def _load_problem(name: str, e: BaseException) -> str:
+    """Why ``timm.create_model(name, pretrained=True)`` failed, in the CLI's terms: a bare timm name without
+    pretrained weights (every ``inat_*`` architecture) or whose weights cannot be fetched gets its own wording (timm's
+    own advice, ``pretrained=False``, is no option of ours); anything else is timm's message on one line."""
+    source, model_id = parse_model_name(name)
+    if source is not None:
+        return _one_line(e)
+    if not timm.is_model_pretrained(model_id):
+        arch = split_model_name_tag(model_id)[0]
+        never = " (inat_* architectures have none: they are trained here)" if arch.startswith("inat_") else ""
+        return f"timm has no pretrained weights for {model_id}{never}; {OTHER_MODELS}"
+    if isinstance(e, OSError):  # huggingface_hub / urllib: offline, or the weights are not in the cache
+        return (
+            f"the pretrained weights of {model_id} are not in the Hugging Face cache and cannot be downloaded "
+            f"(offline?); download them once online, or {OTHER_MODELS}"
+        )
+    return _one_line(e)
 
 
 def _label_names(model: torch.nn.Module, name: str) -> list[str]:

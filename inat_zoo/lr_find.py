@@ -8,8 +8,8 @@ average (beta 0.98, bias-corrected, as fastai); stop early once the smoothed los
 (diverged) or is not finite.
 
 Suggestion rule, ``steep``: the learning rate where the smoothed loss falls fastest, i.e. the minimum of its
-derivative over log(lr) (``numpy.gradient``), after dropping the first tenth of the points and up to the last five
-(fastai's trimming, keeping at least three points): fastai's ``SuggestionMethod.Steep`` and torch-lr-finder's
+derivative over log(lr) (``numpy.gradient``), after dropping the first tenth of the points and the last five
+(fastai's trimming), at least three points left: fastai's ``SuggestionMethod.Steep`` and torch-lr-finder's
 suggestion (which we do not depend on: its loaders expect ``(inputs, labels)`` tuples, ours give dicts, and its
 smoothing is not bias-corrected).
 
@@ -38,13 +38,24 @@ from .recipe_schema import Recipe
 LR_FIND_FILES = ("lr_find.png", "lr_find.json")
 BETA = 0.98  # fastai's smoothing of the recorded loss
 DIVERGE_FACTOR = 4.0  # fastai: stop once the smoothed loss exceeds 4x the best
+SKIP_FIRST_DIVISOR = 10  # the steep rule drops the first n // 10 points (the loss has not started moving)...
+SKIP_LAST = 5  # ...and the last five (the climb into divergence)...
+MIN_KEPT = 3  # ...and needs at least three points left for a derivative and its minimum
 SMITH_2017 = 'Smith 2017, "Cyclical Learning Rates for Training Neural Networks" (WACV), section 3.3'
 RULE = {
     "name": "steep",
     "description": "lr at the minimum derivative of the smoothed loss over log(lr) (steepest descent), the first "
-    "tenth and up to the last five points dropped",
+    "tenth and the last five points dropped",
     "source": "fastai SuggestionMethod.Steep; torch-lr-finder's suggestion",
 }
+
+
+def _kept_points(n: int) -> int:
+    """How many of ``n`` curve points the steep rule looks at, after its trimming."""
+    return n - n // SKIP_FIRST_DIVISOR - SKIP_LAST
+
+
+MIN_POINTS = next(n for n in range(1, 1000) if _kept_points(n) >= MIN_KEPT)  # 8: the least --num-iter
 
 
 class _OneProcess:
@@ -149,17 +160,17 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, in
     """The ``steep`` rule (see the module docstring): ``(lr, index into lrs)``.
 
     Raises:
-        UsageError: fewer than 3 finite points to choose from (the loss diverged at once).
+        UsageError: fewer than :data:`MIN_POINTS` points up to the last finite one (the loss diverged early).
     """
     finite = [i for i, loss in enumerate(losses) if math.isfinite(loss)]
-    if len(finite) < 3:
+    n = finite[-1] + 1 if finite else 0
+    if n < MIN_POINTS:
         raise UsageError(
-            f"the loss diverged after {len(losses)} mini-batch(es): too few points to suggest a learning rate; "
-            "lower --start-lr or raise --num-iter"
+            f"the loss diverged after {len(losses)} mini-batch(es): {n} usable point(s), the {RULE['name']} rule "
+            f"needs at least {MIN_POINTS}; lower --end-lr or raise --num-iter"
         )
-    n = finite[-1] + 1
-    start = n // 10
-    stop = n - min(5, max(0, n - start - 3))
+    start = n // SKIP_FIRST_DIVISOR
+    stop = n - SKIP_LAST
     log_lr = np.log(np.asarray(lrs[start:stop], dtype=np.float64))
     slope = np.gradient(np.asarray(losses[start:stop], dtype=np.float64), log_lr)
     index = start + int(np.argmin(slope))
@@ -185,13 +196,16 @@ def lr_find_figure(curve: dict[str, Any], suggested: float, index: int, title: s
 
 
 def check_settings(start_lr: float, end_lr: float, num_iter: int) -> None:
-    """Raises :class:`UsageError` unless 0 < start_lr < end_lr (finite) and num_iter >= 3."""
+    """Raises :class:`UsageError` unless 0 < start_lr < end_lr (finite) and num_iter >= :data:`MIN_POINTS`."""
     if not (math.isfinite(start_lr) and start_lr > 0):
         raise UsageError(f"--start-lr must be a positive number, got {start_lr}")
     if not (math.isfinite(end_lr) and end_lr > start_lr):
         raise UsageError(f"--end-lr must be a number above --start-lr ({start_lr}), got {end_lr}")
-    if num_iter < 3:
-        raise UsageError(f"--num-iter must be at least 3, got {num_iter}")
+    if num_iter < MIN_POINTS:
+        raise UsageError(
+            f"--num-iter must be at least {MIN_POINTS} (the {RULE['name']} rule drops the first tenth and the last "
+            f"{SKIP_LAST} points and needs {MIN_KEPT} left), got {num_iter}"
+        )
 
 
 def lr_find(

@@ -207,15 +207,25 @@ def compare_with_onnxruntime(loaded: LoadedModel, model_bytes: bytes) -> float:
     return float(abs(got - expected).max())
 
 
+def check_parent_folder(option: str, out: Path) -> None:
+    """A one-line :class:`UsageError` when the folder of ``out`` cannot be made: its nearest existing ancestor is
+    not a folder. Missing folders are fine: the atomic write creates them (``export --out``, ``predict --csv``)."""
+    for ancestor in out.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise UsageError(f"{option} {out}: {ancestor} is a file, not a folder")
+            return
+
+
 def check_out_path(out: str | Path) -> Path:
-    """``--out`` as a Path: a ``.onnx`` file name whose place is not a folder (checked before any work)."""
+    """``--out`` as a Path: a ``.onnx`` file name whose place is not a folder and whose folder exists or can be
+    made (checked before any work)."""
     out = Path(out).expanduser()
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'model.onnx'}")
     if out.suffix.lower() != ".onnx":
         raise UsageError(f"--out {out}: the file name must end in .onnx")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise UsageError(f"--out {out}: {out.parent} is not a folder")
+    check_parent_folder("--out", out)
     return out
 
 
@@ -286,8 +296,9 @@ def run_cli(args: argparse.Namespace) -> int:
     exporter = choose_exporter(args.exporter)
     check_opset(args.opset, exporter)  # user mistakes first: nothing is printed before them
     check_out_path(args.out)
+    loaded = load_model(args.model, "cpu")  # a MODEL that cannot load is one line before anything is printed
     print(f"exporter: {exporter_description(exporter)}, opset {args.opset}")
-    result = export_onnx(args.model, args.out, opset=args.opset, exporter=exporter, atol=args.atol)
+    result = export_onnx(loaded, args.out, opset=args.opset, exporter=exporter, atol=args.atol)
     print(
         f"onnxruntime (CPU) vs PyTorch on {CHECK_BATCH} images: max abs logit difference {result.max_abs_diff:.3g} "
         f"(tolerance {args.atol:g})"

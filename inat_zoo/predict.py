@@ -134,7 +134,7 @@ def run_predictions(
         more = f"one of {len(skipped)} unreadable images; " if len(skipped) > 1 else ""
         raise UsageError(f"{name}: {reason} ({more}--skip-bad skips unreadable images)")
     if not ok.any():
-        raise UsageError(f"none of the {len(files)} images could be read")
+        raise UsageError(f"none of the {len(files)} images could be read: {_skipped_text(skipped)}")
     probs = logits.softmax(1)
     values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
     results = [
@@ -220,13 +220,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_csv_path(path: str | None) -> Path | None:
+    from .onnx_export import check_parent_folder
+
     if path is None:
         return None
     out = Path(path)
     if out.is_dir():
         raise UsageError(f"--csv {out}: is a folder; give a file name")
-    if not out.parent.is_dir():
-        raise UsageError(f"--csv {out}: folder {out.parent} does not exist")
+    check_parent_folder("--csv", out)  # a missing folder is made by the atomic write, as export --out does
     return out
 
 

@@ -147,3 +147,18 @@ def test_a_browser_uploads_a_photo_and_sees_the_labels(app, app_run, sample_root
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_port_taken_at_launch_names_port_not_gradio_settings(app_run, monkeypatch):
+    """The port is taken between the early check and Gradio's bind: Gradio's advice (GRADIO_SERVER_PORT, launch())
+    is replaced by one line naming --port."""
+    import inat_zoo.app
+
+    monkeypatch.setattr(inat_zoo.app, "check_address", lambda host, port: None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UsageError) as caught:
+            serve(load_model(str(app_run)), host="127.0.0.1", port=port)
+    assert str(caught.value) == f"port {port} on 127.0.0.1 is in use: choose another --port"

@@ -83,8 +83,18 @@ def test_wrong_label_count_is_refused(tmp_path):
 
 
 def test_unloadable_models_are_usage_errors():
-    with pytest.raises(UsageError, match="No pretrained weights exist for inat_flexible_cnn"):
+    with pytest.raises(UsageError) as caught:  # timm's advice (`pretrained=False`) is no option of the CLI
         load_model("inat_flexible_cnn")
+    assert str(caught.value) == (
+        "cannot load model inat_flexible_cnn: timm has no pretrained weights for inat_flexible_cnn (inat_* "
+        "architectures have none: they are trained here); use a run directory, local-dir:PATH or hf-hub:ORG/NAME"
+    )
+    with pytest.raises(UsageError) as caught:  # offline (conftest) with an empty cache: the weights cannot come
+        load_model("resnet18")
+    assert str(caught.value).startswith(
+        "cannot load model resnet18: the pretrained weights of resnet18 are not in the Hugging Face cache and "
+        "cannot be downloaded (offline?)"
+    )
     # HF_HUB_OFFLINE=1 (conftest): a repo that is not in the cache fails at once, without network
     with pytest.raises(UsageError, match="cannot load model hf-hub:nobody/nothing"):
         load_model("hf-hub:nobody/nothing")

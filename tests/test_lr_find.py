@@ -7,7 +7,7 @@ import pytest
 
 from inat_zoo.cli import main
 from inat_zoo.errors import UsageError
-from inat_zoo.lr_find import BETA, exponential_lrs, suggest_lr
+from inat_zoo.lr_find import BETA, MIN_POINTS, check_settings, exponential_lrs, suggest_lr
 
 from .eval_helpers import pixel_std
 from .train_helpers import tiny_recipe, write_recipe
@@ -78,3 +78,27 @@ def test_lr_find_mistakes_are_one_line_and_write_nothing(recipe, tmp_path, capsy
     assert main(["lr-find", str(recipe), "--out", str(out)]) == 2
     assert "holds other files (notes.txt)" in capsys.readouterr().err
     assert _files(out) == ["notes.txt"] and not (tmp_path / "runs").exists()
+
+
+def test_num_iter_below_what_the_steep_rule_needs_is_refused_before_anything_runs(recipe, tmp_path, capsys):
+    assert MIN_POINTS == 8  # 8 - 8 // 10 - 5 == 3 points left, the least the rule differentiates
+    out = tmp_path / "lr"
+    for num_iter in ("3", "7"):
+        assert main(["lr-find", str(recipe), "--out", str(out), "--num-iter", num_iter]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("inat-zoo: error: --num-iter must be at least 8 ("), err
+        assert err.endswith(f"got {num_iter}\n")
+    assert not out.exists() and not (tmp_path / "runs").exists()
+    check_settings(1e-7, 10.0, MIN_POINTS)  # the minimum itself is accepted
+
+
+def test_a_run_that_diverges_before_the_rule_has_enough_points_is_one_line():
+    lrs = exponential_lrs(1e-3, 1e6, 30)
+    falling_then_exploding = [2.0, 1.9, 1.7, 1.5, 1.6, 9.0, 40.0]  # stopped after 7 points: 2 would be left
+    with pytest.raises(UsageError) as caught:
+        suggest_lr(lrs[:7], falling_then_exploding)
+    message = str(caught.value)
+    assert "\n" not in message and "diverged after 7 mini-batch" in message and "needs at least 8" in message
+    assert "lower --end-lr or raise --num-iter" in message
+    lr, index = suggest_lr(lrs[:8], [*falling_then_exploding[:4], 1.2, 1.6, 9.0, 40.0])  # 8 points: 3 kept
+    assert index == 2 and lr == lrs[2]  # the fastest fall among the kept points 0..2, never the last (--end-lr)

@@ -123,6 +123,25 @@ def test_user_mistakes_and_missing_extra_are_one_line(run, tmp_path, capsys, mon
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_bare_timm_name_without_weights_is_one_line_before_the_exporter_line(tmp_path, capsys):
+    out = tmp_path / "x.onnx"
+    assert main(["export", "inat_flexible_cnn_tiny", "--out", str(out)]) == 2
+    printed, err = capsys.readouterr()
+    assert printed == "" and err.count("\n") == 1  # no "exporter: ..." line for an export that never starts
+    assert "timm has no pretrained weights for inat_flexible_cnn_tiny" in err and "pretrained=False" not in err
+    assert "use a run directory, local-dir:PATH or hf-hub:ORG/NAME" in err and not out.exists()
+
+
+def test_out_in_missing_folders_is_made_but_not_under_a_file(run, tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    out = tmp_path / "afile" / "sub" / "model.onnx"
+    assert main(["export", str(run), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"inat-zoo: error: --out {out}: {tmp_path / 'afile'} is a file, not a folder\n"
+    out = tmp_path / "nodir" / "deeper" / "model.onnx"  # missing folders are made (atomic write), as predict --csv
+    assert main(["export", str(run), "--out", str(out), "--exporter", "torchscript", "--opset", "17"]) == 0
+    assert out.is_file() and sorted(p.name for p in out.parent.iterdir()) == ["model.onnx"]
+
+
 def _without(missing: str, find_spec):
     return lambda name, *args: None if name == missing else find_spec(name, *args)
 

@@ -85,15 +85,35 @@ def test_skip_bad_also_skips_a_bad_file_named_directly(run, sample_root, tmp_pat
     assert f"skipped 1 unreadable image(s): {empty} (empty file (0 bytes))" in err
 
 
+def test_only_unreadable_images_with_skip_bad_are_named(run, tmp_path, capsys):
+    bad = unreadable_files(tmp_path / "bad")
+    named = [str(bad["not an image"]), str(bad["truncated"])]
+    assert main(["predict", *named, "--model", str(run), "--skip-bad"]) == 2
+    printed, err = capsys.readouterr()
+    assert printed == "" and err.count("\n") == 1, err
+    assert err.startswith("inat-zoo: error: none of the 2 images could be read: ")
+    assert all(f"{name} (" in err for name in named)  # as the partial case's summary: name (reason), ...
+
+
+def test_csv_in_missing_folders_is_made_like_export_out(run, sample_root, tmp_path, capsys):
+    image = str(image_files(sample_root, "val")[0][0])
+    out = tmp_path / "nodir2" / "deeper" / "p.csv"
+    assert main(["predict", image, "--model", str(run), "--csv", str(out)]) == 0
+    assert len(list(csv.reader(out.open()))) == 2 and sorted(p.name for p in out.parent.iterdir()) == ["p.csv"]
+    assert f"wrote 1 prediction(s) to {out}" in capsys.readouterr().err
+
+
 def test_csv_mistakes_are_found_before_the_model_loads(run, sample_root, tmp_path, capsys, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded")
 
     monkeypatch.setattr(predict_module, "load_model", no_model)
     image = str(image_files(sample_root, "val")[0][0])
-    assert main(["predict", image, "--model", str(run), "--csv", str(tmp_path / "no" / "p.csv")]) == 2
-    assert capsys.readouterr().err == f"inat-zoo: error: --csv {tmp_path / 'no' / 'p.csv'}: folder " \
-        f"{tmp_path / 'no'} does not exist\n"  # fmt: skip
+    (tmp_path / "afile").write_text("not a folder")
+    under_a_file = tmp_path / "afile" / "no" / "p.csv"
+    assert main(["predict", image, "--model", str(run), "--csv", str(under_a_file)]) == 2
+    assert capsys.readouterr().err == f"inat-zoo: error: --csv {under_a_file}: {tmp_path / 'afile'} is a file, " \
+        "not a folder\n"  # fmt: skip
     assert main(["predict", image, "--model", str(run), "--csv", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
     assert main(["predict", image, "--model", str(run), "--batch-size", "0"]) == 2
