@@ -422,13 +422,18 @@ def test_shareable_recipe_keeps_hub_ids_and_still_loads(tmp_path):
 
 @pytest.mark.parametrize(
     ("teacher", "published"),
-    [("/home/me/runs/resnet50_teacher", "resnet50_teacher"), ("local-dir:/home/me/teacher", "local-dir:teacher"),
-     ("hf-hub:someone/resnet50-inat12k", "hf-hub:someone/resnet50-inat12k")],
+    [
+        ("/home/me/runs/resnet50_teacher", "resnet50_teacher"),
+        ("local-dir:/home/me/teacher", "local-dir:teacher"),
+        ("hf-hub:someone/resnet50-inat12k", "hf-hub:someone/resnet50-inat12k"),
+    ],
 )
 def test_shareable_recipe_cuts_every_local_path(teacher, published):
     """Weights files and teachers are paths too: none of the author's folders reaches a public repo."""
-    recipe = {"model": {"pretrained": "/home/me/weights/resnet50.safetensors"},
-              "train": {"distill": {"teacher": teacher, "alpha": 0.5, "temperature": 4.0}}}
+    recipe = {
+        "model": {"pretrained": "/home/me/weights/resnet50.safetensors"},
+        "train": {"distill": {"teacher": teacher, "alpha": 0.5, "temperature": 4.0}},
+    }
     shared = hub.shareable_recipe(recipe)
     assert shared["model"]["pretrained"] == "resnet50.safetensors"
     assert shared["train"]["distill"]["teacher"] == published
