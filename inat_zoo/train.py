@@ -36,6 +36,7 @@ from .trainer.checkpoint import TrainerState, finished_run  # noqa: F401  (Train
 from .trainer.loop import EpochCallback, Trainer
 from .trainer.loop import Trainer as _Trainer  # noqa: F401  (the name bench/trainer_overhead.py imports)
 from .trainer.preflight import check_data_root, preflight
+from .trainer.tracking import end_trackers
 
 __all__ = [
     "STATE_FILE",
@@ -88,7 +89,7 @@ def train(recipe: Mapping[str, Any] | Recipe, *, epoch_callback: EpochCallback |
         acc.wait_for_everyone()
         return trainer.fit()
     finally:
-        acc.end_training()
+        end_trackers(acc, recipe)
         if lock is not None:
             lock.close()
 
