@@ -25,11 +25,13 @@ from .errors import UsageError
 from .rundir import (
     METRICS_FILE,
     RECIPE_FILE,
+    is_finished_status,
     is_run_dir,
     published_test_accuracy,
     read_history,
     read_metrics,
     read_recipe,
+    run_status,
 )
 
 # Recipe keys that never change a result, or have their own column.
@@ -149,10 +151,10 @@ def collect(paths: Sequence[str | os.PathLike], storage: str | None = None) -> t
         history = read_history(run)
         val_accs = [r["val_accuracy"] for r in history if r.get("val_accuracy") is not None]
         trial = states.get(run)
-        if trial is not None:
+        if trial is not None and (trial.state.name != "COMPLETE" or metrics is None):
             status = trial.state.name.lower()
-        else:
-            status = "complete" if metrics is not None else "incomplete"
+        else:  # a complete trial too may have been ended by early stopping
+            status = run_status(metrics)
         row = {
             "name": name,
             "status": status,
@@ -343,8 +345,8 @@ def plot_accuracy(rows: Sequence[dict], path: Path) -> None:
     test = [100 * r["test_acc"] if r["test_acc"] is not None else math.nan for r in ordered]
     fig = _figure(max(5.0, 0.5 * len(rows) + 2), 3.5)
     ax = fig.add_subplot()
-    colors = ["tab:blue" if r["status"] == "complete" else "tab:gray" for r in ordered]
-    ax.bar(range(len(rows)), val, color=colors, label="best validation accuracy (gray: not complete)")
+    colors = ["tab:blue" if is_finished_status(r["status"]) else "tab:gray" for r in ordered]
+    ax.bar(range(len(rows)), val, color=colors, label="best validation accuracy (gray: not finished)")
     ax.plot(range(len(rows)), test, "o", color="tab:orange", label="test accuracy")
     ax.set_xticks(
         range(len(rows)), names, rotation=45 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center"
@@ -437,7 +439,7 @@ def write_report(
     rows, varying, study = collect(paths, storage)
     table = markdown_table(rows, varying)
     method, scores = importance(rows, varying, study)
-    finished = sum(r["status"] == "complete" for r in rows)
+    finished = sum(is_finished_status(r["status"]) for r in rows)
     with atomic_directory(out, overwrite=True) as tmp:
         plot_accuracy(rows, tmp / "accuracy.png")
         has_pc = plot_parallel_coordinates(rows, varying, tmp / "parallel_coordinates.png")
@@ -445,7 +447,7 @@ def write_report(
         lines = [
             "# Run comparison",
             "",
-            f"{len(rows)} runs from {', '.join(os.fspath(p) for p in paths) or 'the study'} ({finished} complete), "
+            f"{len(rows)} runs from {', '.join(os.fspath(p) for p in paths) or 'the study'} ({finished} finished), "
             "sorted by best validation accuracy. Validation is a split of train/; test is the held-out val/ folder.",
             "",
             table,

@@ -171,6 +171,21 @@ def exported_epoch(run_dir: str | os.PathLike) -> int | None:
     return json.loads(path.read_text()).get("inat_zoo", {}).get("epoch")
 
 
+# ------------------------------------------------------------------------------------------------ run status
+def run_status(metrics: dict[str, Any] | None) -> str:
+    """How a run ended, from its metrics.json: ``complete`` (all ``train.epochs`` ran), ``stopped early (epoch N)``
+    (its ``early_stopping`` block), or ``incomplete`` (no metrics.json: still training, or killed)."""
+    if metrics is None:
+        return "incomplete"
+    stop = metrics.get("early_stopping")
+    return f"stopped early (epoch {stop['stopped_epoch']})" if stop else "complete"
+
+
+def is_finished_status(status: str) -> bool:
+    """Whether a :func:`run_status` (or a sweep trial's ``complete``) is of a run that wrote its results."""
+    return status == "complete" or status.startswith("stopped early")
+
+
 # ------------------------------------------------------------------------------------------ the test metrics
 def trainer_test_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
     """Training's final test pass (metrics.json ``test``: :func:`inat_zoo.evaluate.evaluate_split`'s result), or

@@ -32,10 +32,11 @@ from .rundir import (  # noqa: F401  (STATE_FILE, complete_checkpoints, check_ru
     write_recipe,
 )
 from .trainer.build import param_groups as _param_groups  # noqa: F401  (re-exported for tests)
-from .trainer.checkpoint import TrainerState, stopped_early  # noqa: F401  (TrainerState: re-exported)
+from .trainer.checkpoint import TrainerState, finished_run  # noqa: F401  (TrainerState: re-exported)
 from .trainer.loop import EpochCallback, Trainer
 from .trainer.loop import Trainer as _Trainer  # noqa: F401  (the name bench/trainer_overhead.py imports)
 from .trainer.preflight import check_data_root, preflight
+from .trainer.tracking import end_trackers
 
 __all__ = [
     "STATE_FILE",
@@ -56,8 +57,9 @@ def train(recipe: Mapping[str, Any] | Recipe, *, epoch_callback: EpochCallback |
 
     Everything the user can get wrong is checked before the first file is written (:func:`preflight`).
     ``epoch_callback(epoch, record)`` runs on the main process after each epoch; an exception from it stops
-    training and propagates. Resuming a finished run that early stopping ended returns its metrics and changes
-    nothing. Raises :class:`UsageError` for a mistake in the recipe or its data.
+    training and propagates. Resuming a finished run (early stopping ended it or all ``train.epochs`` ran, and its
+    test pass wrote metrics.json) returns its metrics and changes nothing; one killed before that test pass runs only
+    the test pass. Raises :class:`UsageError` for a mistake in the recipe or its data.
     """
     recipe = typed_recipe(recipe)
     resolved = recipe.model_dump()  # the recipe file's form: written as recipe.yaml, compared on resume
@@ -69,13 +71,10 @@ def train(recipe: Mapping[str, Any] | Recipe, *, epoch_callback: EpochCallback |
     acc.wait_for_everyone()  # every rank has checked the run directory before anyone writes into it
     lock = None
     try:
-        stopped = stopped_early(resume_from, trainer.output_dir)
-        if stopped is not None:  # resuming a run that early stopping ended: say so, touch nothing
-            stop, metrics = stopped
-            acc.print(
-                f"{trainer.output_dir} stopped early at epoch {stop['stopped_epoch']} ({stop['reason']}; best epoch "
-                f"{stop['best_epoch']}): nothing to resume, nothing changed"
-            )
+        finished = finished_run(resume_from, trainer.output_dir, recipe.train.epochs)
+        if finished is not None:  # resuming a finished run (early stopped or all epochs): say so, touch nothing
+            how, metrics = finished
+            acc.print(f"{trainer.output_dir} {how}: nothing to resume, nothing changed")
             return metrics
         if acc.is_main_process:
             out = trainer.output_dir
@@ -90,7 +89,7 @@ def train(recipe: Mapping[str, Any] | Recipe, *, epoch_callback: EpochCallback |
         acc.wait_for_everyone()
         return trainer.fit()
     finally:
-        acc.end_training()
+        end_trackers(acc, recipe)
         if lock is not None:
             lock.close()
 

@@ -18,8 +18,11 @@ from inat_zoo.report import MIN_TRIALS_FOR_IMPORTANCE, collect, correlations, fi
 from inat_zoo.sweep import SWEEP_RECORD, open_study
 
 
-def make_run(path, *, lr, act, freeze="none", val_acc, test_acc, epochs=3, ran=None, complete=True, augment=None):
-    """A run directory in the trainer's layout: resolved recipe.yaml, history.jsonl and (if complete) metrics.json."""
+def make_run(
+    path, *, lr, act, freeze="none", val_acc, test_acc, epochs=3, ran=None, complete=True, augment=None, stop=None
+):
+    """A run directory in the trainer's layout: resolved recipe.yaml, history.jsonl and (if complete) metrics.json;
+    ``stop``: the epoch early stopping ended it at (metrics.json's ``early_stopping`` block)."""
     recipe = validate_recipe(
         {
             "output_dir": str(path),
@@ -58,6 +61,11 @@ def make_run(path, *, lr, act, freeze="none", val_acc, test_acc, epochs=3, ran=N
             "train_time_s": 1.5 * epochs,
             "images_per_s": 100.0,
         }
+        if stop is not None:
+            reason = "val_loss did not improve by 0.001 for 1 epochs"
+            metrics["early_stopping"] = {"stopped_epoch": stop, "best_epoch": stop - 1, "metric": "val_loss",
+                                         "reason": reason}  # fmt: skip
+            metrics["epochs"] = stop
         (path / "metrics.json").write_text(json.dumps(metrics))
     return path
 
@@ -105,6 +113,18 @@ def test_rows_varying_columns_and_incomplete_runs(runs):
     assert len(table) == 2 + 4
 
 
+def test_a_run_early_stopping_ended_is_shown_as_stopped_early(tmp_path, capsys):
+    root = tmp_path / "runs"
+    make_run(root / "early", lr=1e-3, act="relu", val_acc=0.5, test_acc=0.45, epochs=10, ran=4, stop=4)
+    make_run(root / "all", lr=3e-3, act="relu", val_acc=0.6, test_acc=0.55)
+    by = {r["name"]: r for r in collect([root])[0]}
+    assert by["early"]["status"] == "stopped early (epoch 4)" and by["all"]["status"] == "complete"
+    assert main(["report", str(root), "--out", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out
+    assert "| early | stopped early (epoch 4) | resnet18 | none |" in printed and "| all | complete |" in printed
+    assert "2 runs from" in (md := (tmp_path / "report" / "report.md").read_text()) and "(2 finished)" in md
+
+
 def test_correlation_follows_the_data(runs):
     rows, varying, _ = collect([runs])
     scores = correlations(rows, varying)
@@ -119,7 +139,7 @@ def test_report_cli_writes_table_csv_and_plots(runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| lr_high | complete |" in printed and "train.lr" in printed
     md = (out / "report.md").read_text()
-    assert "4 runs" in md and "(3 complete)" in md and "| lr_low | complete |" in md
+    assert "4 runs" in md and "(3 finished)" in md and "| lr_low | complete |" in md
     assert "Method: correlation with best validation accuracy" in md and "| train.lr | 1.000 |" in md
     with open(out / "report.csv", newline="") as f:
         records = list(csv.DictReader(f))

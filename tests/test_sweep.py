@@ -399,7 +399,12 @@ def test_optuna_sweep_resumes_and_reports(tmp_path, sample_root, capsys):
 
     # a resume with another search space is refused instead of mixing two sweeps in one study
     assert main(["sweep", str(SWEEPS / "flexible_cnn.yaml"), "--out", str(out), f"data.root={sample_root}"]) == 2
-    assert "holds a sweep with a different parameters" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    differ = "its parameters differ in model.args.dense_size, model.args.filters"
+    assert f"holds another sweep: {differ} (searched in one, fixed by a key=value override in the other)" in err
+    assert "a different" not in err
+    assert sweep_cli(out, sample_root, "train.lr=0.01", "--trials", "3") == 2  # an override added on the rerun
+    assert "its parameters differ in train.lr (searched" in capsys.readouterr().err
 
     assert sweep_cli(out, sample_root, "--trials", "3") == 0
     printed = capsys.readouterr().out
@@ -444,3 +449,18 @@ def test_optuna_sweep_resumes_and_reports(tmp_path, sample_root, capsys):
     md = (out / "report" / "report.md").read_text()
     assert "3 runs" in md and "optuna's importance needs 20 complete trials, the study has 3" in md
     assert (out / "report" / "parallel_coordinates.png").stat().st_size > 10_000
+
+
+def test_a_worker_joining_a_study_of_another_sweep_is_told_what_differs():
+    from types import SimpleNamespace
+
+    from inat_zoo.sweep.optuna_backend import _check_study_record
+
+    study = SimpleNamespace(study_name="s", user_attrs={}, set_user_attr=lambda k, v: study.user_attrs.update({k: v}))
+    sweep = SimpleNamespace(method="bayes", metric="val_accuracy")
+    space = {"train.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 3e-3}}
+    _check_study_record(study, sweep, space)  # the first worker records the sweep
+    with pytest.raises(UsageError, match=r"searches another sweep: its parameters differ in train.lr \(searched in"):
+        _check_study_record(study, sweep, {})
+    with pytest.raises(UsageError, match=r"its method differs \('bayes' there, 'random' here\); join it"):
+        _check_study_record(study, SimpleNamespace(method="random", metric="val_accuracy"), space)

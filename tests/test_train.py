@@ -123,6 +123,28 @@ def test_existing_run_is_never_overwritten(baseline):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
+def test_resuming_a_completed_run_changes_nothing_unless_its_test_pass_is_missing(baseline, capsys):
+    """All train.epochs ran and metrics.json is written: like an early-stopped run, resume=true says so and touches
+    nothing (not even recipe.yaml). Killed before its final test pass (no metrics.json): only that pass runs."""
+    recipe, out, metrics = baseline
+    capsys.readouterr()
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in out.rglob("*")}
+    assert train({**recipe, "resume": True}) == metrics
+    log = capsys.readouterr().out
+    said = f"{out} finished all 4 epochs (best epoch {metrics['best_epoch']}): nothing to resume, nothing changed"
+    assert said in log
+    assert "test acc" not in log
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in out.rglob("*")} == before
+
+    (out / "metrics.json").unlink()  # as if killed after the last checkpoint, before the test pass finished
+    resumed = train({**recipe, "resume": True})
+    log = capsys.readouterr().out
+    assert "nothing to resume" not in log and "test acc" in log
+    assert_same_results(without_timings(resumed), without_timings(metrics), where="metrics")
+    assert read_run(out)[0] == resumed
+    assert [c.name for c in complete_checkpoints(out)] == ["checkpoint_18", "checkpoint_24"]  # no epoch retrained
+
+
 def test_resume_refuses_a_folder_that_is_not_a_run(sample_root, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()

@@ -141,10 +141,21 @@ def _record_sweep(
         for key in ("name", "method", "metric", "parameters"):
             if old.get(key) != record[key]:
                 raise UsageError(
-                    f"sweep folder {str(out)!r} holds a sweep with a different {key} ({path}); "
-                    "resume it with the same sweep file and overrides, or choose another --out"
+                    f"sweep folder {str(out)!r} holds another sweep: {_difference(key, old.get(key), record[key])} "
+                    f"({path}); resume it with the same sweep file and overrides, or choose another --out"
                 )
     atomic_write_text(path, yaml.safe_dump(record, sort_keys=False))
+
+
+def _difference(key: str, old: Any, new: Any) -> str:
+    """What differs between a recorded sweep's ``key`` and this one's, for an error message: the parameter names
+    (a ``key=value`` override pins a swept key, so it leaves the search space) or the two values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        pinned = any((k in old) != (k in new) for k in keys)
+        hint = " (searched in one, fixed by a key=value override in the other)" if pinned else ""
+        return f"its {key} {'differ' if key == 'parameters' else 'differs'} in {', '.join(keys)}{hint}"
+    return f"its {key} differs ({old!r} there, {new!r} here)"
 
 
 def make_pruner(sweep: Sweep, epochs: int):
@@ -219,8 +230,8 @@ def _check_study_record(study: Any, sweep: Sweep, space: Mapping[str, Any]) -> N
     for key, value in record.items():
         if stored.get(key) != value:
             raise UsageError(
-                f"study {study.study_name!r} searches with a different {key}; join it with the same sweep file and "
-                "overrides, or give the sweep another name"
+                f"study {study.study_name!r} searches another sweep: {_difference(key, stored.get(key), value)}; "
+                "join it with the same sweep file and overrides, or give the sweep another name"
             )
 
 

@@ -54,14 +54,24 @@ class TrainerState:
         return verdict.improved
 
 
-def stopped_early(checkpoint: Path | None, output_dir: Path) -> tuple[dict, dict] | None:
-    """``(early stop record, metrics.json)`` when the run resumed from ``checkpoint`` was ended by early stopping and
-    finished (metrics.json written): nothing is left to do. None otherwise (no checkpoint, not stopped, or stopped but
-    killed before its test pass, which resuming then runs)."""
+def finished_run(checkpoint: Path | None, output_dir: Path, epochs: int) -> tuple[str, dict] | None:
+    """``(how it ended, metrics.json)`` when the run resumed from ``checkpoint`` is finished: early stopping ended it
+    or its last checkpoint is at the final epoch (``epochs``), and its test pass wrote metrics.json, so nothing is
+    left to do. None otherwise (no checkpoint, epochs left, or killed before its test pass, which resuming runs)."""
     if checkpoint is None:
         return None
-    stop, metrics = read_checkpoint_state(checkpoint).get("early_stop"), read_metrics(output_dir)
-    return None if stop is None or metrics is None else (stop, metrics)
+    state, metrics = read_checkpoint_state(checkpoint), read_metrics(output_dir)
+    if metrics is None:
+        return None
+    stop = state.get("early_stop")
+    if stop is not None:
+        return (
+            f"stopped early at epoch {stop['stopped_epoch']} ({stop['reason']}; best epoch {stop['best_epoch']})",
+            metrics,
+        )
+    if state.get("epoch", 0) >= epochs and not state.get("batches_done"):
+        return f"finished all {epochs} epochs (best epoch {state.get('best_epoch')})", metrics
+    return None
 
 
 def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, keep: int) -> None:

@@ -19,7 +19,9 @@ backend that takes pictures: TensorBoard and W&B through accelerate's ``log_imag
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import sys
 from pathlib import Path
@@ -115,6 +117,21 @@ def start_trackers(accelerator, recipe: Recipe, config: dict) -> None:
     if "trackio" in names:
         _import_trackio(tracking_dir(out, "trackio").resolve())
     accelerator.init_trackers(recipe.track.project, config=config, init_kwargs=_init_kwargs(recipe))
+
+
+def end_trackers(accelerator, recipe: Recipe) -> None:
+    """``accelerator.end_training()``; with trackio, quietly. trackio's ``Run.finish`` prints "* Run finished.
+    Uploading logs to Trackio (please wait...)" even for a local store, and accelerate's tracker finishes the run
+    without clearing trackio's current run, so trackio's exit hook finishes (and prints) it once more: stdout goes to
+    a null sink around this call only, and the finished run stops being trackio's current one."""
+    if "trackio" not in backends(recipe):
+        accelerator.end_training()
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        accelerator.end_training()
+    trackio = sys.modules.get("trackio")
+    if trackio is not None:  # imported: the run started (start_trackers)
+        trackio.context_vars.current_run.set(None)
 
 
 def log_curves(accelerator, history: list[dict], best_epoch: int | None, step: int) -> None:
