@@ -89,7 +89,7 @@ def train(recipe: Mapping[str, Any] | Recipe, *, epoch_callback: EpochCallback |
         acc.wait_for_everyone()
         return trainer.fit()
     finally:
-        end_trackers(acc, recipe)
+        end_trackers(acc, recipe, trainer.mlflow_uri_before)
         if lock is not None:
             lock.close()
 

@@ -31,6 +31,7 @@ def test_tensorboard_and_mlflow_get_the_scalars_and_the_curves(sample_root, tmp_
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)  # MLflow's default store is a database in the current folder: it must stay empty
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "run"
     track = {"backend": ["tensorboard", "mlflow"], "project": "tiny"}
     metrics = train(tiny_recipe(sample_root, out, **DEFAULTS, train={"epochs": 2}, track=track))
@@ -52,6 +53,10 @@ def test_tensorboard_and_mlflow_get_the_scalars_and_the_curves(sample_root, tmp_
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["training_curves.png"]
     assert experiment.artifact_location.startswith(str(out / "tracking" / "mlflow"))
     assert os.listdir(cwd) == []  # no mlruns/, mlflow.db or mlartifacts/ where the command ran
+    # MLflow's process-wide URI is put back: later MLflow use in this process does not write into the run
+    import mlflow
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ and str(out) not in mlflow.get_tracking_uri()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("trackio") is not None, reason="trackio is installed here")

@@ -32,6 +32,7 @@ class Trainer:
         self.train_loader, self.val_loader = parts.train_loader, parts.val_loader
         self.criterion, self.mixup, self.distill = parts.criterion, parts.mixup, parts.distill
         self.stop_rule = StopRule.from_recipe(recipe.train.early_stopping)
+        self.mlflow_uri_before: str | None = None  # what fit's start_trackers found, for end_trackers to put back
         self.label_names, self.data_config = parts.label_names, parts.data_config
         self.params_total, self.updates_per_epoch = parts.params_total, parts.updates_per_epoch
         self.state = TrainerState()
@@ -189,7 +190,7 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train the remaining epochs (resuming first when asked), then :meth:`finish`: metrics.json's content."""
-        start_trackers(self.accelerator, self.recipe, flat_config(self.recipe.model_dump()))
+        self.mlflow_uri_before = start_trackers(self.accelerator, self.recipe, flat_config(self.recipe.model_dump()))
         if self.resume_from is not None:
             self._resume()
         state = self.state

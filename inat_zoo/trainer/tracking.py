@@ -99,12 +99,17 @@ def _import_trackio(directory: Path) -> None:
             os.environ["TRACKIO_DIR"] = before
 
 
-def start_trackers(accelerator, recipe: Recipe, config: dict) -> None:
+def start_trackers(accelerator, recipe: Recipe, config: dict) -> str | None:
     """``accelerator.init_trackers`` for the recipe's trackers (nothing without any), their stores inside the run
-    directory: the MLflow tracking URI set to the run's SQLite file, trackio's directory set around its import."""
+    directory: the MLflow tracking URI set to the run's SQLite file, trackio's directory set around its import.
+
+    Returns the MLflow tracking URI set before (``MLFLOW_TRACKING_URI``, which ``mlflow.set_tracking_uri`` mirrors;
+    None when unset), for :func:`end_trackers` to put back.
+    """
+    previous_mlflow_uri = os.environ.get("MLFLOW_TRACKING_URI")
     names = backends(recipe)
     if not names:
-        return
+        return previous_mlflow_uri
     out = Path(recipe.output_dir)
     if accelerator.is_main_process:
         for name in names:
@@ -117,21 +122,25 @@ def start_trackers(accelerator, recipe: Recipe, config: dict) -> None:
     if "trackio" in names:
         _import_trackio(tracking_dir(out, "trackio").resolve())
     accelerator.init_trackers(recipe.track.project, config=config, init_kwargs=_init_kwargs(recipe))
+    return previous_mlflow_uri
 
 
-def end_trackers(accelerator, recipe: Recipe) -> None:
+def end_trackers(accelerator, recipe: Recipe, previous_mlflow_uri: str | None = None) -> None:
     """``accelerator.end_training()``; with trackio, quietly. trackio's ``Run.finish`` prints "* Run finished.
     Uploading logs to Trackio (please wait...)" even for a local store, and accelerate's tracker finishes the run
     without clearing trackio's current run, so trackio's exit hook finishes (and prints) it once more: stdout goes to
-    a null sink around this call only, and the finished run stops being trackio's current one."""
-    if "trackio" not in backends(recipe):
-        accelerator.end_training()
-        return
-    with contextlib.redirect_stdout(io.StringIO()):
+    a null sink around this call only, and the finished run stops being trackio's current one. MLflow's process-wide
+    tracking URI (and its ``MLFLOW_TRACKING_URI`` mirror) goes back to ``previous_mlflow_uri``, what
+    :func:`start_trackers` found, so later MLflow use in this process does not write into this run."""
+    names = backends(recipe)
+    quiet = contextlib.redirect_stdout(io.StringIO()) if "trackio" in names else contextlib.nullcontext()
+    with quiet:
         accelerator.end_training()
     trackio = sys.modules.get("trackio")
-    if trackio is not None:  # imported: the run started (start_trackers)
+    if "trackio" in names and trackio is not None:  # imported: the run started (start_trackers)
         trackio.context_vars.current_run.set(None)
+    if "mlflow" in names and "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(previous_mlflow_uri)  # None: unset, MLflow's own default again
 
 
 def log_curves(accelerator, history: list[dict], best_epoch: int | None, step: int) -> None:
